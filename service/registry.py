@@ -1,0 +1,146 @@
+"""The model registry: ``models/<task>/<version>/`` folders and a ``current`` pointer per task.
+
+Each version folder is a PaddleOCR inference model (``inference.pdmodel``, ``inference.pdiparams``,
+``inference.yml``) plus ``card.json`` (parent version, creation time, data counts, metrics).
+``models/<task>/current`` is a one-line text file naming the version in service; it is replaced
+atomically, so a reader sees either the old or the new version, never a half-written one.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+TASKS = ("det", "rec", "cls", "ser", "re")
+BASE_VERSION = "base"
+
+
+class RegistryError(RuntimeError):
+    """The registry is missing a task, a version or a file."""
+
+
+@dataclass
+class ModelCard:
+    """What is known about one model version."""
+
+    task: str
+    version: str
+    model_name: str
+    parent: str | None = None
+    created_at: str = field(default_factory=lambda: datetime.now(timezone.utc).isoformat())
+    source: str = ""
+    data_counts: dict[str, int] = field(default_factory=dict)
+    metrics: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "ModelCard":
+        """Build a card from its JSON form."""
+        return cls(**data)
+
+
+def _atomic_write_text(path: Path, text: str) -> None:
+    """Write a file so that readers see the old or the new content, never a mix."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    os.fchmod(fd, 0o644)
+    with os.fdopen(fd, "w", encoding="utf-8") as handle:
+        handle.write(text)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(tmp, path)
+
+
+class ModelRegistry:
+    """Versioned model folders under one root."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = Path(root)
+
+    def task_dir(self, task: str) -> Path:
+        """Folder holding every version of a task."""
+        if task not in TASKS:
+            raise RegistryError(f"unknown task {task!r}; expected one of {', '.join(TASKS)}")
+        return self.root / task
+
+    def versions(self, task: str) -> list[str]:
+        """Versions of a task, oldest first (by card creation time)."""
+        task_dir = self.task_dir(task)
+        if not task_dir.is_dir():
+            return []
+        found = [p.name for p in task_dir.iterdir() if p.is_dir() and (p / "card.json").is_file()]
+        return sorted(found, key=lambda v: self.card(task, v).created_at)
+
+    def current_version(self, task: str) -> str | None:
+        """The version in service, or ``None`` when the task has none."""
+        pointer = self.task_dir(task) / "current"
+        if not pointer.is_file():
+            return None
+        return pointer.read_text(encoding="utf-8").strip() or None
+
+    def version_dir(self, task: str, version: str) -> Path:
+        """Folder of one version; raises when it does not exist."""
+        path = self.task_dir(task) / version
+        if not (path / "card.json").is_file():
+            raise RegistryError(f"{task} has no version {version!r} in {self.root}")
+        return path
+
+    def current_dir(self, task: str) -> tuple[str, Path]:
+        """(version, folder) of the version in service; raises when there is none."""
+        version = self.current_version(task)
+        if version is None:
+            raise RegistryError(
+                f"no {task} model in service under {self.root}; run `paperloop models install-base`"
+            )
+        return version, self.version_dir(task, version)
+
+    def card(self, task: str, version: str) -> ModelCard:
+        """The model card of one version."""
+        path = self.task_dir(task) / version / "card.json"
+        return ModelCard.from_dict(json.loads(path.read_text(encoding="utf-8")))
+
+    def inference_config(self, task: str, version: str) -> dict[str, Any]:
+        """The version's ``inference.yml`` as a dict."""
+        path = self.version_dir(task, version) / "inference.yml"
+        return yaml.safe_load(path.read_text(encoding="utf-8"))
+
+    def set_current(self, task: str, version: str) -> None:
+        """Put a version in service (atomic switch of the pointer)."""
+        self.version_dir(task, version)
+        _atomic_write_text(self.task_dir(task) / "current", version + "\n")
+
+    def add_version(self, card: ModelCard, files: dict[str, Path], inference_yml: dict[str, Any]) -> Path:
+        """Store a new version from model files (name in the folder → source path).
+
+        The folder is assembled under a temporary name and renamed into place, so a version
+        either exists completely or not at all.
+        """
+        task_dir = self.task_dir(card.task)
+        task_dir.mkdir(parents=True, exist_ok=True)
+        final = task_dir / card.version
+        if final.exists():
+            raise RegistryError(f"{card.task} version {card.version!r} already exists")
+        staging = Path(tempfile.mkdtemp(dir=task_dir, prefix=f".{card.version}."))
+        staging.chmod(0o755)
+        try:
+            for name, source in files.items():
+                shutil.copy2(source, staging / name)
+            (staging / "inference.yml").write_text(
+                yaml.safe_dump(inference_yml, sort_keys=False, allow_unicode=True), encoding="utf-8"
+            )
+            (staging / "card.json").write_text(json.dumps(asdict(card), indent=2), encoding="utf-8")
+            os.rename(staging, final)
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
+        return final
+
+    def in_service(self) -> dict[str, str | None]:
+        """Version in service for every task."""
+        return {task: self.current_version(task) for task in TASKS}

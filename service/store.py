@@ -1,0 +1,262 @@
+"""SQLite persistence (through sqlite-utils): the job table and the processed results.
+
+Job states: ``queued`` → ``processing`` → ``done`` | ``needs_review`` | ``failed``; a file whose
+content was seen before is recorded as ``duplicate`` of the original job and not processed again.
+The database runs in WAL mode so ``paperloop status`` can read while the daemon writes.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Callable
+
+import sqlite_utils
+
+from service.document import Document, Page, Segment
+from service.errors import Reason
+
+QUEUED, PROCESSING, DONE, NEEDS_REVIEW, FAILED, DUPLICATE = (
+    "queued", "processing", "done", "needs_review", "failed", "duplicate",
+)
+STATES = (QUEUED, PROCESSING, DONE, NEEDS_REVIEW, FAILED, DUPLICATE)
+FINISHED_STATES = (DONE, NEEDS_REVIEW, FAILED, DUPLICATE)
+# A new file with the same content as a job in one of these states is a duplicate.
+DEDUP_STATES = (QUEUED, PROCESSING, DONE, NEEDS_REVIEW)
+
+
+def utc_now() -> str:
+    """Current time as an ISO-8601 UTC string."""
+    return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
+
+
+@dataclass
+class Job:
+    """One file that entered the inbox."""
+
+    id: int
+    source_path: str
+    source_name: str
+    sha256: str
+    size: int
+    state: str
+    work_path: str | None = None
+    final_path: str | None = None
+    document_id: str | None = None
+    duplicate_of: int | None = None
+    reason_code: str | None = None
+    reason: str | None = None
+    attempts: int = 0
+    created_at: str = ""
+    updated_at: str = ""
+
+    @classmethod
+    def from_row(cls, row: dict[str, Any]) -> "Job":
+        """Build from a ``jobs`` row."""
+        return cls(**{k: row[k] for k in cls.__dataclass_fields__})
+
+
+def _migration_1(db: sqlite_utils.Database) -> None:
+    db["jobs"].create({
+        "id": int, "source_path": str, "source_name": str, "sha256": str, "size": int,
+        "state": str, "work_path": str, "final_path": str, "document_id": str,
+        "duplicate_of": int, "reason_code": str, "reason": str, "attempts": int,
+        "created_at": str, "updated_at": str,
+    }, pk="id", not_null={"source_path", "sha256", "state"}, defaults={"attempts": 0})
+    db["jobs"].create_index(["sha256"])
+    db["jobs"].create_index(["state"])
+    db["documents"].create({
+        "id": str, "job_id": int, "source_name": str, "sha256": str, "created_at": str,
+        "page_count": int, "state": str, "review_reason": str, "json_path": str,
+        "model_versions": str,
+    }, pk="id", foreign_keys=[("job_id", "jobs", "id")])
+    db["pages"].create({
+        "document_id": str, "number": int, "width": int, "height": int, "image": str,
+    }, pk=("document_id", "number"), foreign_keys=[("document_id", "documents", "id")])
+    db["segments"].create({
+        "id": str, "document_id": str, "page": int, "position": int, "box": str, "text": str,
+        "det_score": float, "rec_score": float, "det_version": str, "rec_version": str,
+    }, pk=("document_id", "id"), foreign_keys=[("document_id", "documents", "id")])
+    db["segments"].create_index(["document_id", "page", "position"])
+
+
+# Append-only: a migration, once released, is never edited; add a new one instead.
+MIGRATIONS: list[tuple[str, Callable[[sqlite_utils.Database], None]]] = [
+    ("0001_jobs_documents_pages_segments", _migration_1),
+]
+
+
+def migrate(db: sqlite_utils.Database) -> list[str]:
+    """Apply the migrations not yet applied; returns their names."""
+    if "_migrations" not in db.table_names():
+        db["_migrations"].create({"name": str, "applied_at": str}, pk="name")
+    done = {row["name"] for row in db["_migrations"].rows}
+    applied = []
+    for name, apply in MIGRATIONS:
+        if name in done:
+            continue
+        with db.atomic():
+            apply(db)
+            db["_migrations"].insert({"name": name, "applied_at": utc_now()})
+        applied.append(name)
+    return applied
+
+
+class Store:
+    """Thread-safe access to the Paperloop database (one connection, one lock)."""
+
+    def __init__(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        conn = sqlite3.connect(str(path), check_same_thread=False, timeout=30, isolation_level=None)
+        self.db = sqlite_utils.Database(conn)
+        self.db.enable_wal()
+        self.db.execute("PRAGMA foreign_keys = ON")
+        self.db.execute("PRAGMA busy_timeout = 30000")
+        self._lock = threading.RLock()
+        with self._lock:
+            migrate(self.db)
+
+    def close(self) -> None:
+        """Close the connection."""
+        self.db.conn.close()
+
+    # -- jobs -------------------------------------------------------------------------------
+
+    def job(self, job_id: int) -> Job:
+        """One job by id."""
+        with self._lock:
+            return Job.from_row(self.db["jobs"].get(job_id))
+
+    def jobs(self, state: str | None = None) -> list[Job]:
+        """Jobs, oldest first, optionally of one state."""
+        where, args = ("state = ?", [state]) if state else (None, None)
+        with self._lock:
+            return [Job.from_row(r) for r in self.db["jobs"].rows_where(where, args, order_by="id")]
+
+    def enqueue(self, source: Path, sha256: str, size: int) -> Job:
+        """Record a new file: ``queued``, or ``duplicate`` when its content is already known."""
+        with self._lock, self.db.atomic():
+            placeholders = ",".join("?" for _ in DEDUP_STATES)
+            original = next(self.db["jobs"].rows_where(
+                f"sha256 = ? AND state IN ({placeholders})", [sha256, *DEDUP_STATES],
+                order_by="id", limit=1), None)
+            now = utc_now()
+            row = {
+                "source_path": str(source), "source_name": source.name, "sha256": sha256,
+                "size": size, "state": DUPLICATE if original else QUEUED,
+                "duplicate_of": original["id"] if original else None,
+                "created_at": now, "updated_at": now,
+            }
+            job_id = self.db["jobs"].insert(row).last_pk
+            return Job.from_row(self.db["jobs"].get(job_id))
+
+    def pending_sources(self) -> set[str]:
+        """Source paths of jobs not yet taken from the inbox or still in flight."""
+        with self._lock:
+            rows = self.db.execute(
+                "SELECT source_path FROM jobs WHERE state IN (?, ?)", [QUEUED, PROCESSING]).fetchall()
+        return {r[0] for r in rows}
+
+    def claim_next(self, work_path_for: Callable[[Job], Path]) -> Job | None:
+        """Take the oldest queued job into ``processing``; returns ``None`` when the queue is empty."""
+        with self._lock, self.db.atomic():
+            row = next(self.db["jobs"].rows_where("state = ?", [QUEUED], order_by="id", limit=1), None)
+            return None if row is None else self.claim(row["id"], work_path_for)
+
+    def claim(self, job_id: int, work_path_for: Callable[[Job], Path]) -> Job | None:
+        """Take one queued job into ``processing``; ``None`` if it is not queued (any more)."""
+        with self._lock, self.db.atomic():
+            job = Job.from_row(self.db["jobs"].get(job_id))
+            if job.state != QUEUED:
+                return None
+            job.work_path = job.work_path or str(work_path_for(job))
+            self.db["jobs"].update(job.id, {
+                "state": PROCESSING, "work_path": job.work_path,
+                "attempts": job.attempts + 1, "updated_at": utc_now(),
+            })
+            return Job.from_row(self.db["jobs"].get(job.id))
+
+    def requeue_interrupted(self) -> int:
+        """After a crash, put jobs left in ``processing`` back in the queue; returns how many."""
+        with self._lock, self.db.atomic():
+            cursor = self.db.execute(
+                "UPDATE jobs SET state = ?, updated_at = ? WHERE state = ?", [QUEUED, utc_now(), PROCESSING])
+            return cursor.rowcount
+
+    def update_job(self, job_id: int, **fields: Any) -> None:
+        """Set fields of a job."""
+        with self._lock, self.db.atomic():
+            self.db["jobs"].update(job_id, {**fields, "updated_at": utc_now()})
+
+    def fail(self, job_id: int, reason: Reason, message: str, final_path: Path | None) -> None:
+        """Mark a job failed with its coded reason."""
+        self.update_job(job_id, state=FAILED, reason_code=reason.value, reason=message,
+                        final_path=str(final_path) if final_path else None)
+
+    def counts(self) -> dict[str, int]:
+        """Number of jobs per state (every state present, zero when none)."""
+        with self._lock:
+            rows = self.db.execute("SELECT state, COUNT(*) FROM jobs GROUP BY state").fetchall()
+        found = dict(rows)
+        return {state: found.get(state, 0) for state in STATES}
+
+    # -- results ----------------------------------------------------------------------------
+
+    def save_result(self, job_id: int, document: Document, state: str, review_reason: str | None,
+                    json_path: Path, final_path: Path) -> None:
+        """Store a processed document and finish its job, all in one transaction."""
+        with self._lock, self.db.atomic():
+            self._delete_document(document.id)
+            self.db["documents"].insert({
+                "id": document.id, "job_id": job_id, "source_name": document.source_name,
+                "sha256": document.sha256, "created_at": document.created_at,
+                "page_count": len(document.pages), "state": state, "review_reason": review_reason,
+                "json_path": str(json_path), "model_versions": json.dumps(document.model_versions),
+            })
+            self.db["pages"].insert_all({
+                "document_id": document.id, "number": p.number, "width": p.width,
+                "height": p.height, "image": p.image,
+            } for p in document.pages)
+            self.db["segments"].insert_all(_segment_row(document.id, page.number, i, s)
+                                           for page in document.pages for i, s in enumerate(page.segments))
+            self.db["jobs"].update(job_id, {
+                "state": state, "document_id": document.id, "final_path": str(final_path),
+                "reason_code": None, "reason": review_reason, "updated_at": utc_now(),
+            })
+
+    def _delete_document(self, document_id: str) -> None:
+        for table in ("segments", "pages"):
+            self.db.execute(f"DELETE FROM {table} WHERE document_id = ?", [document_id])
+        self.db.execute("DELETE FROM documents WHERE id = ?", [document_id])
+
+    def document(self, document_id: str) -> Document:
+        """Rebuild a stored document."""
+        with self._lock:
+            row = self.db["documents"].get(document_id)
+            pages = list(self.db["pages"].rows_where("document_id = ?", [document_id], order_by="number"))
+            segments = list(self.db["segments"].rows_where(
+                "document_id = ?", [document_id], order_by="page, position"))
+        by_page: dict[int, list[Segment]] = {}
+        for s in segments:
+            by_page.setdefault(s["page"], []).append(Segment(
+                id=s["id"], box=[tuple(p) for p in json.loads(s["box"])], text=s["text"],
+                det_score=s["det_score"], rec_score=s["rec_score"],
+                det_version=s["det_version"], rec_version=s["rec_version"]))
+        return Document(
+            id=row["id"], source_name=row["source_name"], sha256=row["sha256"],
+            created_at=row["created_at"], model_versions=json.loads(row["model_versions"]),
+            pages=[Page(number=p["number"], width=p["width"], height=p["height"], image=p["image"],
+                        segments=by_page.get(p["number"], [])) for p in pages])
+
+
+def _segment_row(document_id: str, page: int, position: int, segment: Segment) -> dict[str, Any]:
+    return {
+        "id": segment.id, "document_id": document_id, "page": page, "position": position,
+        "box": json.dumps([list(p) for p in segment.box]), "text": segment.text,
+        "det_score": segment.det_score, "rec_score": segment.rec_score,
+        "det_version": segment.det_version, "rec_version": segment.rec_version,
+    }
