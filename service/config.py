@@ -48,6 +48,9 @@ class PathsConfig(StrictModel):
 class WatcherConfig(StrictModel):
     """How the inbox is watched."""
 
+    # "events": inotify via watchdog plus the periodic rescan; "polling": the rescan alone, for
+    # network shares and other file systems that deliver no change events.
+    mode: Literal["events", "polling"] = "events"
     recursive: bool = True
     quiet_seconds: float = Field(2.0, ge=0)
     poll_interval_seconds: float = Field(0.5, gt=0)

@@ -165,9 +165,10 @@ class Daemon:
             self._install_signal_handlers()
         self.start()
         observer = Observer()
-        observer.schedule(_InboxEvents(self), str(self.inbox), recursive=self.watcher_cfg.recursive)
-        observer.start()
-        log.info("watching %s", self.inbox)
+        if self.watcher_cfg.mode == "events":
+            observer.schedule(_InboxEvents(self), str(self.inbox), recursive=self.watcher_cfg.recursive)
+            observer.start()
+        log.info("watching %s (%s)", self.inbox, self.watcher_cfg.mode)
         last_scan = time.monotonic()
         try:
             while not self.stop_event.is_set():
@@ -177,8 +178,9 @@ class Daemon:
                     last_scan = time.monotonic()
                 self.stop_event.wait(self.watcher_cfg.poll_interval_seconds)
         finally:
-            observer.stop()
-            observer.join(timeout=5)
+            if observer.is_alive():
+                observer.stop()
+                observer.join(timeout=5)
             self.shutdown()
 
     def shutdown(self) -> None:

@@ -95,17 +95,15 @@ class JobRunner:
         one-shot ``process`` command) the caller's file is left where it is.
         """
         path = path.resolve()
-        job = self.store.enqueue(path, sha256_of(path), path.stat().st_size)
+        keep_at = None if keep_source else (lambda job_id: self.archive / "duplicates" / f"{job_id}-{path.name}")
+        job = self.store.enqueue(path, sha256_of(path), path.stat().st_size, keep_at or (lambda _id: None))
         if job.state == DUPLICATE:
-            target = None if keep_source else self.archive / "duplicates" / f"{job.id}-{path.name}"
-            self.store.update_job(job.id, final_path=str(target) if target else None,
-                                  reason=f"same content as job {job.duplicate_of}")
-            if target is not None:
-                move_file(path, target)
+            if job.final_path:
+                move_file(path, Path(job.final_path))
             log.info("%s is a duplicate of job %s; not processed again", path.name, job.duplicate_of)
         else:
             log.info("queued %s as job %s", path.name, job.id)
-        return self.store.job(job.id)
+        return job
 
     def _work_path(self, job: Job) -> Path:
         return self.work / f"{job.id}-{job.source_name}"
@@ -173,12 +171,13 @@ class JobRunner:
         """Finish what a crash interrupted: requeue in-flight jobs, complete pending file moves."""
         requeued = self.store.requeue_interrupted()
         for job in self.store.jobs():
-            if job.state not in FINISHED_STATES or job.state == DUPLICATE or not job.work_path:
+            if job.state not in FINISHED_STATES or not job.final_path or Path(job.final_path).exists():
                 continue
-            work, final = Path(job.work_path), Path(job.final_path or "")
-            if work.is_file() and job.final_path and not final.exists():
-                move_file(work, final)
-                log.info("completed the interrupted move of job %s to %s", job.id, final)
+            # A duplicate never left the inbox; anything else waits in the work folder.
+            pending = Path(job.source_path) if job.state == DUPLICATE else Path(job.work_path or "")
+            if pending.is_file() and (job.state != DUPLICATE or sha256_of(pending) == job.sha256):
+                move_file(pending, Path(job.final_path))
+                log.info("completed the interrupted move of job %s to %s", job.id, job.final_path)
         if requeued:
             log.warning("requeued %d job(s) interrupted by a crash", requeued)
         return requeued

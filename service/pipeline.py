@@ -42,10 +42,9 @@ def _segments(lines: list[OcrLine], page: int, versions: dict[str, str]) -> list
 class DocumentPipeline:
     """Runs the models in service over every page of a file."""
 
-    def __init__(self, cfg: PaperloopConfig, registry: ModelRegistry | None = None) -> None:
+    def __init__(self, cfg: PaperloopConfig, ocr: OcrEngine | None = None) -> None:
         self.cfg = cfg
-        self.registry = registry or ModelRegistry(cfg.paths.resolve("models"))
-        self.ocr = OcrEngine(self.registry, cfg.ocr)
+        self.ocr = ocr or OcrEngine(ModelRegistry(cfg.paths.resolve("models")), cfg.ocr)
         self.pages_dir = cfg.paths.resolve("data") / "pages"
 
     def process_file(self, path: Path, document_id: str, sha256: str, source_name: str) -> Document:

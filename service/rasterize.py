@@ -59,6 +59,12 @@ def sniff_kind(path: Path) -> str:
     )
 
 
+def _poppler_message(text: str) -> str:
+    """poppler's stderr on one line, each distinct complaint once."""
+    lines = [line.strip() for line in text.replace("Unable to get page count.", "").splitlines()]
+    return "; ".join(dict.fromkeys(line for line in lines if line))
+
+
 def _pdf_info(path: Path, last_page: int | None = None) -> dict:
     """``pdfinfo`` output as a dict; maps poppler's complaints to reasons."""
     try:
@@ -69,9 +75,11 @@ def _pdf_info(path: Path, last_page: int | None = None) -> dict:
     except PDFPopplerTimeoutError as exc:
         raise IngestError(Reason.PDF_DAMAGED, f"{path.name}: poppler timed out reading it") from exc
     except PDFPageCountError as exc:
-        detail = str(exc).replace("Unable to get page count.", "").strip()
+        detail = _poppler_message(str(exc))
         if "password" in detail.lower() or "encrypt" in detail.lower():
             raise IngestError(Reason.PDF_ENCRYPTED, f"{path.name} is encrypted with a password") from exc
+        if "page count 0" in detail:
+            raise IngestError(Reason.PDF_NO_PAGES, f"{path.name} is a PDF with no pages") from exc
         raise IngestError(Reason.PDF_DAMAGED, f"{path.name} is not a readable PDF: {detail or 'no page count'}") from exc
 
 

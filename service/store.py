@@ -137,21 +137,30 @@ class Store:
         with self._lock:
             return [Job.from_row(r) for r in self.db["jobs"].rows_where(where, args, order_by="id")]
 
-    def enqueue(self, source: Path, sha256: str, size: int) -> Job:
-        """Record a new file: ``queued``, or ``duplicate`` when its content is already known."""
+    def enqueue(self, source: Path, sha256: str, size: int,
+                duplicate_path: Callable[[int], Path | None] = lambda _job_id: None) -> Job:
+        """Record a new file: ``queued``, or ``duplicate`` when its content is already known.
+
+        ``duplicate_path(job_id)`` names where a duplicate will be kept; it is stored in the same
+        transaction so the record never lacks it.
+        """
         with self._lock, self.db.atomic():
             placeholders = ",".join("?" for _ in DEDUP_STATES)
             original = next(self.db["jobs"].rows_where(
                 f"sha256 = ? AND state IN ({placeholders})", [sha256, *DEDUP_STATES],
                 order_by="id", limit=1), None)
             now = utc_now()
-            row = {
+            job_id = self.db["jobs"].insert({
                 "source_path": str(source), "source_name": source.name, "sha256": sha256,
-                "size": size, "state": DUPLICATE if original else QUEUED,
-                "duplicate_of": original["id"] if original else None,
-                "created_at": now, "updated_at": now,
-            }
-            job_id = self.db["jobs"].insert(row).last_pk
+                "size": size, "state": QUEUED, "created_at": now, "updated_at": now,
+            }).last_pk
+            if original is not None:
+                target = duplicate_path(job_id)
+                self.db["jobs"].update(job_id, {
+                    "state": DUPLICATE, "duplicate_of": original["id"],
+                    "reason": f"same content as job {original['id']}",
+                    "final_path": str(target) if target else None,
+                })
             return Job.from_row(self.db["jobs"].get(job_id))
 
     def pending_sources(self) -> set[str]:
