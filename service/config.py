@@ -86,6 +86,8 @@ class RecConfig(StrictModel):
     image_width: int = Field(320, ge=8)
     max_width: int = Field(3200, ge=8)
     batch_size: int = Field(8, ge=1)
+    batch_width_budget: int = Field(3200, ge=8)
+    width_step: int = Field(160, ge=1)
 
 
 class OcrConfig(StrictModel):

@@ -137,7 +137,14 @@ class Daemon:
             self._work_available.set()
         return count
 
-    def _work_loop(self) -> None:
+    def _work_loop(self, loaded: threading.Event, errors: list[BaseException]) -> None:
+        try:
+            _ = self.runner.pipeline  # predictors are built on the thread that runs them
+        except BaseException as exc:  # noqa: BLE001 - reported to start() and re-raised there
+            errors.append(exc)
+            return
+        finally:
+            loaded.set()
         while not self.stop_event.is_set():
             try:
                 outcome = self.runner.process_next()
@@ -154,10 +161,14 @@ class Daemon:
         for folder in ("inbox", "archive", "quarantine", "output"):
             self.cfg.paths.resolve(folder).mkdir(parents=True, exist_ok=True)
         self.runner.recover()
-        _ = self.runner.pipeline  # load models before taking work
-        self.scan()
-        self._worker = threading.Thread(target=self._work_loop, name="paperloop-worker", daemon=True)
+        loaded, errors = threading.Event(), []
+        self._worker = threading.Thread(target=self._work_loop, args=(loaded, errors),
+                                        name="paperloop-worker", daemon=True)
         self._worker.start()
+        loaded.wait()
+        if errors:
+            raise errors[0]
+        self.scan()
 
     def run(self, install_signal_handlers: bool = True) -> None:
         """Serve until SIGINT/SIGTERM; the document in flight is finished before returning."""

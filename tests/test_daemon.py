@@ -54,6 +54,12 @@ def _states(store: Store) -> dict[str, str]:
     return {job.source_name: job.state for job in store.jobs()}
 
 
+def _finished(store: Store, name: str) -> bool:
+    """The job of ``name`` is done or awaiting review, and its file has reached the archive."""
+    job = next((j for j in store.jobs() if j.source_name == name), None)
+    return job is not None and job.state in FINISHED and Path(job.final_path or "").is_file()
+
+
 def test_readiness_waits_for_a_quiet_period(tmp_path: Path) -> None:
     path = tmp_path / "growing.pdf"
     path.write_bytes(b"%PDF-1.4 part one")
@@ -90,14 +96,14 @@ def test_dropped_files_are_processed_once_and_duplicates_recorded(
     shutil.copy(funsd_pages[2], inbox / ".hidden.png")
     shutil.copy(funsd_pages[2], inbox / "download.png.part")
     store = daemon.store
-    wait_for(lambda: {_states(store).get("before-start.png"), _states(store).get("nested.png")} <= set(FINISHED))
+    wait_for(lambda: _finished(store, "before-start.png") and _finished(store, "nested.png"))
 
     shutil.copy(funsd_pages[0], inbox / "same-content-new-name.png")
     wait_for(lambda: _states(store).get("same-content-new-name.png") == DUPLICATE)
     duplicate = next(j for j in store.jobs() if j.state == DUPLICATE)
     original = next(j for j in store.jobs() if j.source_name == "before-start.png")
     assert duplicate.duplicate_of == original.id
-    assert Path(duplicate.final_path).is_file()
+    wait_for(lambda: Path(duplicate.final_path).is_file())  # recorded first, then moved
 
     assert sorted(p.name for p in inbox.iterdir()) == [".hidden.png", "download.png.part", "team-a"]
     archive = cfg.paths.resolve("archive")
@@ -118,7 +124,7 @@ def test_a_file_is_not_taken_while_it_is_still_being_written(
             handle.flush()
             time.sleep(0.3)
             assert daemon.store.jobs() == [], "taken before the writer finished"
-    wait_for(lambda: _states(daemon.store).get("slow-scanner.png") in FINISHED)
+    wait_for(lambda: _finished(daemon.store, "slow-scanner.png"))
     job = daemon.store.jobs()[0]
     assert Path(job.final_path).read_bytes() == content
 
@@ -131,4 +137,4 @@ def test_polling_mode_rescan_finds_files_without_events(
     daemon = running_daemon()
     time.sleep(0.3)  # after the start-up scan
     shutil.copy(funsd_pages[1], cfg.paths.resolve("inbox") / "late.png")
-    wait_for(lambda: _states(daemon.store).get("late.png") in FINISHED)
+    wait_for(lambda: _finished(daemon.store, "late.png"))

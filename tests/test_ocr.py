@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import threading
 from pathlib import Path
 
 import cv2
@@ -72,3 +73,14 @@ def test_every_format_gives_pages_with_text(
         with Image.open(sources[0]) as original:
             assert document.pages[0].width == pytest.approx(original.width * 2, abs=2)
     assert Document.from_dict(json.loads(json.dumps(document.to_dict()))) == document
+
+
+def test_engine_gives_the_same_result_on_another_thread(ocr_engine: OcrEngine, funsd_page_path: Path) -> None:
+    # oneDNN state is per predictor; a predictor shared across threads once failed mid-document.
+    page = cv2.imread(str(funsd_page_path))
+    here = [(l.text, l.rec_score) for l in ocr_engine.read_page(page)]
+    there: list = []
+    worker = threading.Thread(target=lambda: there.extend((l.text, l.rec_score) for l in ocr_engine.read_page(page)))
+    worker.start()
+    worker.join()
+    assert there == here

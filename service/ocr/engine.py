@@ -7,8 +7,10 @@ The PP-OCR exports in the registry are old-IR programs. oneDNN on the new IR (PI
 from __future__ import annotations
 
 import os
+import threading
 import warnings
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -32,28 +34,51 @@ def model_files(model_dir: Path) -> tuple[Path, Path]:
 
 
 class Predictor:
-    """One single-input, first-output Paddle inference predictor on the CPU."""
+    """One single-input, first-output Paddle inference predictor on the CPU.
+
+    A Paddle predictor must stay on the thread that runs it: oneDNN rewrites weight layouts in
+    place, so even ``clone()``s that share weights break when used from two threads
+    ("Filter tensor's layout should be ONEDNN"). Each calling thread therefore gets a predictor of
+    its own, built on first use; the one built in ``__init__`` checks the model loads at all.
+    """
 
     def __init__(self, model_dir: Path, threads: int = 2, use_mkldnn: bool = True) -> None:
-        program, params = model_files(model_dir)
+        self._files = model_files(model_dir)
+        self._threads = threads
+        self._use_mkldnn = use_mkldnn
+        self._local = threading.local()
+        self._local.predictor = self._create()
+
+    def _create(self) -> Any:
+        program, params = self._files
         config = inference.Config(str(program), str(params))
         config.disable_gpu()
         config.enable_new_ir(False)
-        config.switch_ir_optim(True)
+        # The standalone executor frees intermediate tensors as it goes: peak memory on 50 FUNSD
+        # pages fell from 6.3 GB to 1.4 GB with identical outputs.
+        config.enable_new_executor()
+        config.set_optimization_level(3)
         config.enable_memory_optim()
         config.disable_glog_info()
-        config.set_cpu_math_library_num_threads(threads)
-        if use_mkldnn:
+        config.set_cpu_math_library_num_threads(self._threads)
+        if self._use_mkldnn:
             config.enable_mkldnn()
-            # Inputs vary in shape page to page; a bounded cache keeps oneDNN from growing forever.
-            config.set_mkldnn_cache_capacity(16)
-        self._predictor = inference.create_predictor(config)
-        self._input = self._predictor.get_input_handle(self._predictor.get_input_names()[0])
-        self._output = self._predictor.get_output_handle(self._predictor.get_output_names()[0])
+            # oneDNN keeps kernels per input shape; bounded so it cannot grow forever, large
+            # enough for the recognizer's batch shapes (16 → 64 saved 3% of recognition time).
+            config.set_mkldnn_cache_capacity(64)
+        return inference.create_predictor(config)
+
+    def _predictor(self) -> Any:
+        predictor = getattr(self._local, "predictor", None)
+        if predictor is None:
+            predictor = self._local.predictor = self._create()
+        return predictor
 
     def __call__(self, batch: np.ndarray) -> np.ndarray:
         """Run the model on an NCHW float32 batch and return its first output."""
-        self._input.reshape(list(batch.shape))
-        self._input.copy_from_cpu(np.ascontiguousarray(batch, dtype=np.float32))
-        self._predictor.run()
-        return self._output.copy_to_cpu()
+        predictor = self._predictor()
+        source = predictor.get_input_handle(predictor.get_input_names()[0])
+        source.reshape(list(batch.shape))
+        source.copy_from_cpu(np.ascontiguousarray(batch, dtype=np.float32))
+        predictor.run()
+        return predictor.get_output_handle(predictor.get_output_names()[0]).copy_to_cpu()

@@ -41,10 +41,17 @@ def crop_quad(image: np.ndarray, quad: np.ndarray) -> np.ndarray:
     return crop
 
 
-def _normalize_batch(crops: list[np.ndarray], height: int, min_width: int, max_width: int) -> np.ndarray:
-    """Resize crops to a shared height keeping aspect, pad right to the widest, scale to [-1, 1]."""
+def _normalize_batch(crops: list[np.ndarray], cfg: RecConfig) -> np.ndarray:
+    """Resize crops to a shared height keeping aspect, pad right to the widest, scale to [-1, 1].
+
+    The batch width is rounded up to a multiple of ``cfg.width_step``: oneDNN builds kernels per
+    input shape, and fewer distinct shapes means more reuse (measured: recognition of 15 FUNSD
+    pages 10.3 s → 8.4 s with a 160 px step).
+    """
+    height = cfg.image_height
     ratios = [c.shape[1] / max(c.shape[0], 1) for c in crops]
-    batch_w = min(max_width, max(min_width, int(math.ceil(height * max(ratios)))))
+    widest = max(cfg.image_width, int(math.ceil(height * max(ratios))))
+    batch_w = min(cfg.max_width, int(math.ceil(widest / cfg.width_step)) * cfg.width_step)
     batch = np.zeros((len(crops), 3, height, batch_w), dtype=np.float32)
     for i, (crop, ratio) in enumerate(zip(crops, ratios)):
         w = min(batch_w, max(1, int(math.ceil(height * ratio))))
@@ -78,14 +85,29 @@ class TextRecognizer:
     def __call__(self, crops: list[np.ndarray]) -> list[RecognizedText]:
         """Recognize crops (HWC uint8 BGR); the result is in the order of the input."""
         results: list[RecognizedText | None] = [None] * len(crops)
-        # Sorting by aspect ratio makes each batch pad to about the same width: less wasted compute.
-        order = sorted(range(len(crops)), key=lambda i: crops[i].shape[1] / max(crops[i].shape[0], 1))
-        size = self._cfg.batch_size
-        for start in range(0, len(order), size):
-            chunk = order[start : start + size]
-            batch = _normalize_batch(
-                [crops[i] for i in chunk], self._cfg.image_height, self._cfg.image_width, self._cfg.max_width
-            )
+        for chunk in self._batches(crops):
+            batch = _normalize_batch([crops[i] for i in chunk], self._cfg)
             for i, rec in zip(chunk, ctc_greedy_decode(self._predictor(batch), self._charset)):
                 results[i] = rec
         return [r for r in results if r is not None]
+
+    def _batches(self, crops: list[np.ndarray]) -> list[list[int]]:
+        """Group crop indices into batches of similar width within the size and width budgets.
+
+        Sorting by aspect ratio keeps padding small. The width budget matters on the CPU: a batch
+        wider than about 3,200 padded pixels in total falls out of cache and gets slower per crop
+        (measured: 6 ms/crop at 8×320 px, 84 ms/crop at 16×1280 px).
+        """
+        cfg = self._cfg
+        widths = [
+            min(cfg.max_width, max(cfg.image_width, math.ceil(cfg.image_height * c.shape[1] / max(c.shape[0], 1))))
+            for c in crops
+        ]
+        batches: list[list[int]] = []
+        for i in sorted(range(len(crops)), key=widths.__getitem__):
+            current = batches[-1] if batches else None
+            if current and len(current) < cfg.batch_size and (len(current) + 1) * widths[i] <= cfg.batch_width_budget:
+                current.append(i)
+            else:
+                batches.append([i])
+        return batches
