@@ -1,47 +1,107 @@
-"""The result tree: Document → Page → Segment, with lossless ``to_dict`` / ``from_dict``.
+"""The result tree: Document → Page → Segment (+ links between segments), lossless to/from dict.
 
-Later stages (SER, RE, review) extend these classes rather than inventing their own shapes.
+The same classes carry model predictions and gold labels: a prediction fills the scores and the
+model versions, a gold label leaves them empty. SER fills ``Segment.label``; RE fills
+``Document.links`` (key segment → value segment).
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any
 
 Point = tuple[float, float]
+BBox = tuple[float, float, float, float]  # x0, y0, x1, y1
+
+
+def bbox_to_quad(box: BBox) -> list[Point]:
+    """Four points, clockwise from top-left, of an axis-aligned box."""
+    x0, y0, x1, y1 = box
+    return [(x0, y0), (x1, y0), (x1, y1), (x0, y1)]
+
+
+def quad_to_bbox(points: list[Point]) -> BBox:
+    """Axis-aligned (x0, y0, x1, y1) around a polygon."""
+    xs = [p[0] for p in points]
+    ys = [p[1] for p in points]
+    return min(xs), min(ys), max(xs), max(ys)
+
+
+@dataclass
+class Word:
+    """One word inside a segment (gold labels often have them; OCR lines do not)."""
+
+    text: str
+    box: BBox
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready form."""
+        return {"text": self.text, "box": list(self.box)}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "Word":
+        """Inverse of :meth:`to_dict`."""
+        return cls(text=data["text"], box=tuple(float(v) for v in data["box"]))  # type: ignore[arg-type]
 
 
 @dataclass
 class Segment:
-    """One text region: a 4-point box (clockwise from top-left), its text and the scores."""
+    """One text region: a 4-point box (clockwise from top-left), its text, label and scores."""
 
     id: str
     box: list[Point]
     text: str
-    det_score: float
-    rec_score: float
-    det_version: str
-    rec_version: str
+    label: str | None = None
+    label_score: float | None = None
+    words: list[Word] = field(default_factory=list)
+    det_score: float | None = None
+    rec_score: float | None = None
+    det_version: str | None = None
+    rec_version: str | None = None
+    ser_version: str | None = None
 
     @property
-    def bbox(self) -> tuple[float, float, float, float]:
+    def bbox(self) -> BBox:
         """Axis-aligned (x0, y0, x1, y1) of the box."""
-        xs = [p[0] for p in self.box]
-        ys = [p[1] for p in self.box]
-        return min(xs), min(ys), max(xs), max(ys)
+        return quad_to_bbox(self.box)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready form."""
-        data = asdict(self)
-        data["box"] = [list(p) for p in self.box]
-        return data
+        return {
+            "id": self.id, "box": [list(p) for p in self.box], "text": self.text,
+            "label": self.label, "label_score": self.label_score,
+            "words": [w.to_dict() for w in self.words],
+            "det_score": self.det_score, "rec_score": self.rec_score,
+            "det_version": self.det_version, "rec_version": self.rec_version,
+            "ser_version": self.ser_version,
+        }
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "Segment":
-        """Inverse of :meth:`to_dict`."""
+        """Inverse of :meth:`to_dict`; missing optional keys take their defaults."""
         fields = dict(data)
-        fields["box"] = [tuple(map(float, p)) for p in fields["box"]]
+        fields["box"] = [(float(p[0]), float(p[1])) for p in fields["box"]]
+        fields["words"] = [Word.from_dict(w) for w in fields.get("words", [])]
         return cls(**fields)
+
+
+@dataclass
+class Link:
+    """A directed key → value link between two segments of a document (ids are segment ids)."""
+
+    key: str
+    value: str
+    score: float | None = None
+    re_version: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready form."""
+        return {"key": self.key, "value": self.value, "score": self.score, "re_version": self.re_version}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "Link":
+        """Inverse of :meth:`to_dict`."""
+        return cls(**data)
 
 
 @dataclass
@@ -57,10 +117,7 @@ class Page:
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready form."""
         return {
-            "number": self.number,
-            "width": self.width,
-            "height": self.height,
-            "image": self.image,
+            "number": self.number, "width": self.width, "height": self.height, "image": self.image,
             "segments": [s.to_dict() for s in self.segments],
         }
 
@@ -68,17 +125,14 @@ class Page:
     def from_dict(cls, data: dict[str, Any]) -> "Page":
         """Inverse of :meth:`to_dict`."""
         return cls(
-            number=data["number"],
-            width=data["width"],
-            height=data["height"],
-            image=data.get("image"),
+            number=data["number"], width=data["width"], height=data["height"], image=data.get("image"),
             segments=[Segment.from_dict(s) for s in data.get("segments", [])],
         )
 
 
 @dataclass
 class Document:
-    """A processed file: its identity, the model versions that read it, and its pages."""
+    """A file's content: identity, the model versions that read it, pages, and key → value links."""
 
     id: str
     source_name: str
@@ -86,31 +140,47 @@ class Document:
     created_at: str
     model_versions: dict[str, str] = field(default_factory=dict)
     pages: list[Page] = field(default_factory=list)
+    links: list[Link] = field(default_factory=list)
 
     @property
     def segments(self) -> list[Segment]:
         """All segments of all pages, in reading order."""
         return [s for page in self.pages for s in page.segments]
 
+    def segment(self, segment_id: str) -> Segment:
+        """The segment with this id; ``KeyError`` if there is none."""
+        for s in self.segments:
+            if s.id == segment_id:
+                return s
+        raise KeyError(segment_id)
+
+    def key_values(self) -> list[dict[str, Any]]:
+        """The links as readable pairs: key text, value text, their labels and the link score."""
+        by_id = {s.id: s for s in self.segments}
+        pairs = []
+        for link in self.links:
+            key, value = by_id.get(link.key), by_id.get(link.value)
+            if key is None or value is None:
+                continue
+            pairs.append({"key": key.text, "value": value.text, "key_id": key.id, "value_id": value.id,
+                          "key_label": key.label, "value_label": value.label, "score": link.score})
+        return pairs
+
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready form."""
         return {
-            "id": self.id,
-            "source_name": self.source_name,
-            "sha256": self.sha256,
-            "created_at": self.created_at,
-            "model_versions": dict(self.model_versions),
+            "id": self.id, "source_name": self.source_name, "sha256": self.sha256,
+            "created_at": self.created_at, "model_versions": dict(self.model_versions),
             "pages": [p.to_dict() for p in self.pages],
+            "links": [link.to_dict() for link in self.links],
         }
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "Document":
         """Inverse of :meth:`to_dict`."""
         return cls(
-            id=data["id"],
-            source_name=data["source_name"],
-            sha256=data["sha256"],
-            created_at=data["created_at"],
-            model_versions=dict(data.get("model_versions", {})),
+            id=data["id"], source_name=data["source_name"], sha256=data["sha256"],
+            created_at=data["created_at"], model_versions=dict(data.get("model_versions", {})),
             pages=[Page.from_dict(p) for p in data.get("pages", [])],
+            links=[Link.from_dict(link) for link in data.get("links", [])],
         )

@@ -13,11 +13,12 @@ import threading
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Callable
+from contextlib import contextmanager
+from typing import Any, Callable, Iterator
 
 import sqlite_utils
 
-from service.document import Document, Page, Segment
+from service.document import Document, Link, Page, Segment, Word
 from service.errors import Reason
 
 QUEUED, PROCESSING, DONE, NEEDS_REVIEW, FAILED, DUPLICATE = (
@@ -84,9 +85,25 @@ def _migration_1(db: sqlite_utils.Database) -> None:
     db["segments"].create_index(["document_id", "page", "position"])
 
 
+def _migration_2(db: sqlite_utils.Database) -> None:
+    segments = db["segments"]
+    segments.add_column("label", str)
+    segments.add_column("label_score", float)
+    segments.add_column("ser_version", str)
+    segments.add_column("words", str)
+    db["links"].create({
+        "document_id": str, "key": str, "value": str, "score": float, "re_version": str,
+    }, pk=("document_id", "key", "value"), foreign_keys=[("document_id", "documents", "id")])
+    db["gold_documents"].create({
+        "id": str, "source": str, "split": str, "document": str, "created_at": str, "updated_at": str,
+    }, pk="id")
+    db["gold_documents"].create_index(["split"])
+
+
 # Append-only: a migration, once released, is never edited; add a new one instead.
 MIGRATIONS: list[tuple[str, Callable[[sqlite_utils.Database], None]]] = [
     ("0001_jobs_documents_pages_segments", _migration_1),
+    ("0002_labels_links_gold", _migration_2),
 ]
 
 
@@ -123,6 +140,12 @@ class Store:
     def close(self) -> None:
         """Close the connection."""
         self.db.conn.close()
+
+    @contextmanager
+    def transaction(self) -> Iterator[sqlite_utils.Database]:
+        """Exclusive use of the connection inside one transaction (nested calls use savepoints)."""
+        with self._lock, self.db.atomic():
+            yield self.db
 
     # -- jobs -------------------------------------------------------------------------------
 
@@ -232,13 +255,14 @@ class Store:
             } for p in document.pages)
             self.db["segments"].insert_all(_segment_row(document.id, page.number, i, s)
                                            for page in document.pages for i, s in enumerate(page.segments))
+            self.db["links"].insert_all({"document_id": document.id, **link.to_dict()} for link in document.links)
             self.db["jobs"].update(job_id, {
                 "state": state, "document_id": document.id, "final_path": str(final_path),
                 "reason_code": None, "reason": review_reason, "updated_at": utc_now(),
             })
 
     def _delete_document(self, document_id: str) -> None:
-        for table in ("segments", "pages"):
+        for table in ("links", "segments", "pages"):
             self.db.execute(f"DELETE FROM {table} WHERE document_id = ?", [document_id])
         self.db.execute("DELETE FROM documents WHERE id = ?", [document_id])
 
@@ -249,17 +273,22 @@ class Store:
             pages = list(self.db["pages"].rows_where("document_id = ?", [document_id], order_by="number"))
             segments = list(self.db["segments"].rows_where(
                 "document_id = ?", [document_id], order_by="page, position"))
+            links = list(self.db["links"].rows_where("document_id = ?", [document_id]))
         by_page: dict[int, list[Segment]] = {}
         for s in segments:
             by_page.setdefault(s["page"], []).append(Segment(
                 id=s["id"], box=[tuple(p) for p in json.loads(s["box"])], text=s["text"],
-                det_score=s["det_score"], rec_score=s["rec_score"],
-                det_version=s["det_version"], rec_version=s["rec_version"]))
+                label=s["label"], label_score=s["label_score"],
+                words=[Word.from_dict(w) for w in json.loads(s["words"] or "[]")],
+                det_score=s["det_score"], rec_score=s["rec_score"], det_version=s["det_version"],
+                rec_version=s["rec_version"], ser_version=s["ser_version"]))
         return Document(
             id=row["id"], source_name=row["source_name"], sha256=row["sha256"],
             created_at=row["created_at"], model_versions=json.loads(row["model_versions"]),
             pages=[Page(number=p["number"], width=p["width"], height=p["height"], image=p["image"],
-                        segments=by_page.get(p["number"], [])) for p in pages])
+                        segments=by_page.get(p["number"], [])) for p in pages],
+            links=[Link(key=r["key"], value=r["value"], score=r["score"], re_version=r["re_version"])
+                   for r in links])
 
 
 def _segment_row(document_id: str, page: int, position: int, segment: Segment) -> dict[str, Any]:
@@ -268,4 +297,6 @@ def _segment_row(document_id: str, page: int, position: int, segment: Segment) -
         "box": json.dumps([list(p) for p in segment.box]), "text": segment.text,
         "det_score": segment.det_score, "rec_score": segment.rec_score,
         "det_version": segment.det_version, "rec_version": segment.rec_version,
+        "label": segment.label, "label_score": segment.label_score, "ser_version": segment.ser_version,
+        "words": json.dumps([w.to_dict() for w in segment.words]),
     }
