@@ -150,6 +150,11 @@ def _ensure_models(cfg: PaperloopConfig) -> None:
             f"no {' / '.join(missing)} model in {registry.root}; run `paperloop models install-base`")
 
 
+from service.cli_labels import export_labels, import_labels  # noqa: E402
+cli.add_command(import_labels, "import")
+cli.add_command(export_labels, "export")
+
+
 def main() -> None:
     """Console-script entry point."""
     cli()

@@ -1,0 +1,1 @@
+"""Key information extraction: SER (segment labels) and RE (key → value links)."""
