@@ -1,0 +1,310 @@
+"""Training and evaluation of the SER and RE graph models (Paddle dygraph, CPU)."""
+
+from __future__ import annotations
+
+import copy
+import logging
+import random
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+import paddle
+from paddle.nn import functional as F
+from tqdm import tqdm
+
+from service.document import Document
+from service.kie.features import DocumentFeatures, featurize
+from service.kie.metrics import PRF, link_scores, ser_scores
+from service.kie.model import ReModel, SerModel
+
+log = logging.getLogger(__name__)
+IGNORE = -100
+
+
+@dataclass
+class TrainSettings:
+    """Hyper-parameters (chosen on a validation split of the FUNSD training forms)."""
+
+    epochs: int = 60
+    batch_size: int = 4
+    learning_rate: float = 1e-3
+    weight_decay: float = 0.01
+    dim: int = 128
+    layers: int = 3
+    heads: int = 4
+    embed_dim: int = 64
+    dropout: float = 0.1
+    seed: int = 0
+
+    def encoder_args(self) -> dict[str, Any]:
+        """Keyword arguments of :class:`SegmentEncoder`."""
+        return {"dim": self.dim, "heads": self.heads, "layers": self.layers,
+                "embed_dim": self.embed_dim, "dropout": self.dropout}
+
+
+@dataclass
+class Example:
+    """One document ready for training: features and targets."""
+
+    features: DocumentFeatures
+    labels: np.ndarray  # (N,) label index or IGNORE
+    links: np.ndarray  # (N, N) 1.0 where segment i is the key of segment j
+    label_probs: np.ndarray  # (N, labels): RE's view of the segments' labels (gold or SER's)
+
+
+@dataclass
+class History:
+    """What happened during training, epoch by epoch."""
+
+    epochs: list[dict[str, float]] = field(default_factory=list)
+    best_epoch: int = -1
+    seconds: float = 0.0
+
+
+def set_seed(seed: int) -> None:
+    """Make a training run reproducible."""
+    random.seed(seed)
+    np.random.seed(seed)
+    paddle.seed(seed)
+
+
+def make_example(document: Document, labels: Sequence[str]) -> Example:
+    """Features and targets of a gold document; labels outside ``labels`` are ignored."""
+    features = featurize(document)
+    index = {label: i for i, label in enumerate(labels)}
+    position = {sid: i for i, sid in enumerate(features.segment_ids)}
+    by_id = {s.id: s for s in document.segments}
+    targets = np.array([index.get((by_id[sid].label or "").lower(), IGNORE) for sid in features.segment_ids],
+                       dtype=np.int64)
+    links = np.zeros((len(position), len(position)), dtype=np.float32)
+    for link in document.links:
+        if link.key in position and link.value in position:
+            links[position[link.key], position[link.value]] = 1.0
+    return Example(features, targets, links, one_hot(targets, len(labels)))
+
+
+def one_hot(targets: np.ndarray, num_labels: int) -> np.ndarray:
+    """(N, labels) one-hot rows; ignored targets get a uniform row."""
+    rows = np.full((len(targets), num_labels), 1.0 / num_labels, dtype=np.float32)
+    known = targets != IGNORE
+    rows[known] = np.eye(num_labels, dtype=np.float32)[targets[known]]
+    return rows
+
+
+def with_label_probs(examples: Sequence[Example], probabilities: Sequence[np.ndarray]) -> list[Example]:
+    """Copies of examples whose RE label input is SER's predicted distribution."""
+    return [Example(e.features, e.labels, e.links, p.astype(np.float32)) for e, p in zip(examples, probabilities)]
+
+
+def noisy_label_probs(examples: Sequence[Example], rng: np.random.Generator, flip: float = 0.1) -> list[Example]:
+    """Training copies whose gold label input is smoothed and sometimes wrong, as SER's will be."""
+    noisy = []
+    for e in examples:
+        probs = e.label_probs * 0.85 + 0.15 / e.label_probs.shape[1]
+        wrong = rng.random(len(probs)) < flip
+        probs[wrong] = rng.dirichlet(np.ones(probs.shape[1]), size=int(wrong.sum())).astype(np.float32)
+        noisy.append(Example(e.features, e.labels, e.links, probs.astype(np.float32)))
+    return noisy
+
+
+def collate(examples: Sequence[Example]) -> dict[str, paddle.Tensor]:
+    """Pad a batch of documents to the largest one; ``mask`` marks real segments."""
+    n = max(1, max(len(e.labels) for e in examples))
+    b = len(examples)
+    first = examples[0].features
+    tokens = np.zeros((b, n, first.tokens.shape[1]), dtype=np.int64)
+    cues = np.zeros((b, n, first.cues.shape[1]), dtype=np.float32)
+    boxes = np.zeros((b, n, first.boxes.shape[1]), dtype=np.float32)
+    pairs = np.zeros((b, n, n, first.pairs.shape[2]), dtype=np.float32)
+    mask = np.zeros((b, n), dtype=np.float32)
+    labels = np.full((b, n), IGNORE, dtype=np.int64)
+    links = np.zeros((b, n, n), dtype=np.float32)
+    label_probs = np.zeros((b, n, examples[0].label_probs.shape[1]), dtype=np.float32)
+    for i, e in enumerate(examples):
+        k = len(e.labels)
+        tokens[i, :k], cues[i, :k], boxes[i, :k] = e.features.tokens, e.features.cues, e.features.boxes
+        pairs[i, :k, :k], mask[i, :k], labels[i, :k], links[i, :k, :k] = e.features.pairs, 1.0, e.labels, e.links
+        label_probs[i, :k] = e.label_probs
+    arrays = {"tokens": tokens, "cues": cues, "boxes": boxes, "pairs": pairs, "mask": mask,
+              "labels": labels, "links": links, "label_probs": label_probs}
+    return {k: paddle.to_tensor(v) for k, v in arrays.items()}
+
+
+MODEL_INPUTS = ("tokens", "cues", "boxes", "pairs", "mask")
+
+
+def _inputs(batch: dict[str, paddle.Tensor]) -> list[paddle.Tensor]:
+    return [batch[k] for k in MODEL_INPUTS]
+
+
+def ser_loss(model: SerModel, batch: dict[str, paddle.Tensor]) -> paddle.Tensor:
+    """Cross-entropy over the labelled segments."""
+    logits = model(*_inputs(batch))
+    return F.cross_entropy(logits.reshape([-1, logits.shape[-1]]), batch["labels"].reshape([-1]),
+                           ignore_index=IGNORE)
+
+
+def pair_mask(mask: paddle.Tensor) -> paddle.Tensor:
+    """(B, N, N) mask of real, distinct ordered pairs."""
+    n = mask.shape[1]
+    return mask.unsqueeze(2) * mask.unsqueeze(1) * (1.0 - paddle.eye(n).unsqueeze(0))
+
+
+def re_loss(model: ReModel, batch: dict[str, paddle.Tensor]) -> paddle.Tensor:
+    """For each real segment, cross-entropy of "which segment is my key (or none)".
+
+    A segment with several gold keys (8% of FUNSD values) counts the probability of any of them.
+    """
+    logits = model(*_inputs(batch), batch["label_probs"])  # (B, N + 1, N)
+    b, n = batch["mask"].shape
+    has_key = (batch["links"].sum(axis=1) > 0).astype("float32")  # (B, N)
+    targets = paddle.concat([batch["links"], (1.0 - has_key).unsqueeze(1)], axis=1)  # (B, N + 1, N)
+    log_p = F.log_softmax(logits, axis=1)
+    picked = paddle.logsumexp(log_p + (1.0 - targets) * -1e4, axis=1)  # (B, N)
+    return -(picked * batch["mask"]).sum() / batch["mask"].sum().clip(min=1.0)
+
+
+def _batches(examples: Sequence[Example], size: int, rng: random.Random) -> list[list[Example]]:
+    order = list(examples)
+    rng.shuffle(order)
+    return [order[i:i + size] for i in range(0, len(order), size)]
+
+
+def fit(model: paddle.nn.Layer, loss_fn: Callable[[Any, dict], paddle.Tensor], train: Sequence[Example],
+        settings: TrainSettings, validate: Callable[[], float], progress: bool = True) -> History:
+    """Train with AdamW and cosine decay; keeps the weights of the best validation epoch."""
+    rng = random.Random(settings.seed)
+    steps = settings.epochs * max(1, -(-len(train) // settings.batch_size))
+    schedule = paddle.optimizer.lr.CosineAnnealingDecay(settings.learning_rate, T_max=steps)
+    optimizer = paddle.optimizer.AdamW(learning_rate=schedule, parameters=model.parameters(),
+                                       weight_decay=settings.weight_decay,
+                                       grad_clip=paddle.nn.ClipGradByGlobalNorm(1.0))
+    history, best, best_state = History(), -1.0, None
+    started = time.perf_counter()
+    bar = tqdm(range(settings.epochs), desc=type(model).__name__, disable=not progress, leave=False)
+    for epoch in bar:
+        model.train()
+        losses = []
+        for batch_examples in _batches(train, settings.batch_size, rng):
+            loss = loss_fn(model, collate(batch_examples))
+            loss.backward()
+            optimizer.step()
+            optimizer.clear_grad()
+            schedule.step()
+            losses.append(float(loss))
+        model.eval()
+        score = validate()
+        history.epochs.append({"epoch": epoch + 1, "loss": float(np.mean(losses)), "val_hmean": score})
+        log.info("%s epoch %d loss %.4f val Hmean %.4f", type(model).__name__, epoch + 1, np.mean(losses), score)
+        bar.set_postfix(loss=f"{np.mean(losses):.3f}", val=f"{score:.3f}")
+        if score > best:
+            best, best_state, history.best_epoch = score, copy.deepcopy(model.state_dict()), epoch + 1
+    if best_state is not None:
+        model.set_state_dict(best_state)
+    model.eval()
+    history.seconds = time.perf_counter() - started
+    return history
+
+
+@paddle.no_grad()
+def ser_logits(model: SerModel, examples: Sequence[Example]) -> list[np.ndarray]:
+    """Per-document (N, labels) logits."""
+    return [model(*_inputs(collate([e])))[0].numpy()[: len(e.labels)] for e in examples]
+
+
+@paddle.no_grad()
+def re_logits(model: ReModel, examples: Sequence[Example]) -> list[np.ndarray]:
+    """Per-document (N + 1, N) logits: row i < N is "i is the key of column j", row N is "no key"."""
+    out = []
+    for e in examples:
+        batch = collate([e])
+        out.append(model(*_inputs(batch), batch["label_probs"])[0].numpy())
+    return out
+
+
+def re_probabilities(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
+    """Column-wise softmax of (N + 1, N) logits."""
+    z = logits / temperature
+    z = z - z.max(axis=0, keepdims=True)
+    p = np.exp(z)
+    return p / p.sum(axis=0, keepdims=True)
+
+
+def ser_evaluate(logits: Sequence[np.ndarray], examples: Sequence[Example], labels: Sequence[str]) -> dict[str, PRF]:
+    """Entity-level scores of argmax predictions against the examples' gold labels."""
+    gold, predicted = [], []
+    for doc_logits, e in zip(logits, examples):
+        keep = e.labels != IGNORE
+        gold.extend(labels[i] for i in e.labels[keep])
+        predicted.extend(labels[i] for i in doc_logits.argmax(-1)[keep])
+    return ser_scores(gold, predicted, labels)
+
+
+def decode_links(probabilities: np.ndarray, threshold: float) -> list[tuple[int, int, float]]:
+    """(key, value, probability) for every key whose probability reaches the threshold.
+
+    ``probabilities`` is (N + 1, N) as from :func:`re_probabilities`; the "no key" row is skipped.
+    """
+    keys, values = np.nonzero(probabilities[:-1] >= threshold)
+    return [(int(i), int(j), float(probabilities[i, j])) for i, j in zip(keys, values)]
+
+
+def re_evaluate(logits: Sequence[np.ndarray], examples: Sequence[Example], threshold: float,
+                temperature: float = 1.0) -> PRF:
+    """Link scores at a probability threshold."""
+    gold, predicted = [], []
+    for d, (doc_logits, e) in enumerate(zip(logits, examples)):
+        gold.extend((f"{d}:{i}", f"{d}:{j}") for i, j in zip(*np.nonzero(e.links)))
+        probabilities = re_probabilities(doc_logits, temperature)
+        predicted.extend((f"{d}:{i}", f"{d}:{j}") for i, j, _ in decode_links(probabilities, threshold))
+    return link_scores(gold, predicted)
+
+
+def fit_temperature(nll: Callable[[float], float]) -> float:
+    """Temperature minimizing held-out negative log-likelihood (a 1-D search is all it needs)."""
+    grid = np.exp(np.linspace(np.log(0.25), np.log(8.0), 61))
+    return float(min(grid, key=nll))
+
+
+def ser_temperature(logits: Sequence[np.ndarray], examples: Sequence[Example]) -> float:
+    """Softmax temperature for SER probabilities, fitted on held-out documents."""
+    flat = np.concatenate([l[e.labels != IGNORE] for l, e in zip(logits, examples)])
+    targets = np.concatenate([e.labels[e.labels != IGNORE] for e in examples])
+
+    def nll(t: float) -> float:
+        z = flat / t
+        z = z - z.max(axis=1, keepdims=True)
+        log_p = z - np.log(np.exp(z).sum(axis=1, keepdims=True))
+        return float(-log_p[np.arange(len(targets)), targets].mean())
+
+    return fit_temperature(nll)
+
+
+def re_temperature(logits: Sequence[np.ndarray], examples: Sequence[Example]) -> float:
+    """Softmax temperature for link probabilities, fitted on held-out documents."""
+
+    def nll(t: float) -> float:
+        total, count = 0.0, 0
+        for doc_logits, e in zip(logits, examples):
+            p = re_probabilities(doc_logits, t)
+            has_key = e.links.sum(axis=0) > 0
+            p_true = np.where(has_key, (p[:-1] * e.links).sum(axis=0), p[-1])
+            total += float(-np.log(np.clip(p_true, 1e-12, 1.0)).sum())
+            count += len(p_true)
+        return total / max(count, 1)
+
+    return fit_temperature(nll)
+
+
+def best_threshold(logits: Sequence[np.ndarray], examples: Sequence[Example], temperature: float) -> float:
+    """Link probability threshold with the best held-out Hmean."""
+    candidates = np.linspace(0.1, 0.9, 17)
+    return float(max(candidates, key=lambda t: re_evaluate(logits, examples, t, temperature).hmean))
+
+
+def settings_dict(settings: TrainSettings) -> dict[str, Any]:
+    """Settings as plain data for model cards."""
+    return asdict(settings)
