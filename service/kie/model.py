@@ -35,14 +35,14 @@ class GeometryAttention(nn.Layer):
 
     def forward(self, h: paddle.Tensor, pairs: paddle.Tensor, key_mask: paddle.Tensor) -> paddle.Tensor:
         """h: (B, N, D); pairs: (B, N, N, P); key_mask: (B, N) with 1 for real segments."""
-        b, n = h.shape[0], h.shape[1]
-        qkv = self.qkv(h).reshape([b, n, 3, self.heads, self.head_dim]).transpose([2, 0, 3, 1, 4])
+        # reshape's 0 keeps that dimension: shapes stay dynamic when the model is exported
+        qkv = self.qkv(h).reshape([0, 0, 3, self.heads, self.head_dim]).transpose([2, 0, 3, 1, 4])
         q, k, v = qkv[0], qkv[1], qkv[2]  # (B, H, N, Dh)
         logits = paddle.matmul(q, k, transpose_y=True) / math.sqrt(self.head_dim)
         logits = logits + self.pair_bias(pairs).transpose([0, 3, 1, 2])
         logits = logits + (1.0 - key_mask[:, None, None, :]) * NEG_INF
         attention = self.dropout(F.softmax(logits, axis=-1))
-        mixed = paddle.matmul(attention, v).transpose([0, 2, 1, 3]).reshape([b, n, -1])
+        mixed = paddle.matmul(attention, v).transpose([0, 2, 1, 3]).reshape([0, 0, self.heads * self.head_dim])
         h = self.norm1(h + self.dropout(self.out(mixed)))
         return self.norm2(h + self.dropout(self.ffn(h)))
 
@@ -111,10 +111,10 @@ class ReModel(nn.Layer):
         h, g = self.encoder(tokens, cues, boxes, pairs, mask, label_probs)
         joint = self.as_key(h).unsqueeze(2) + self.as_value(h).unsqueeze(1) + self.geometry(g)
         logits = self.score(joint).squeeze(-1)  # (B, N, N)
-        n = logits.shape[1]
-        not_a_key = (1.0 - mask.unsqueeze(2)) + paddle.eye(n).unsqueeze(0)  # padding and self-links
-        logits = logits - not_a_key.clip(max=1.0) * 1e4
-        no_key = paddle.expand(self.no_key.reshape([1, 1, 1]), [logits.shape[0], 1, n])
+        itself = pairs[:, :, :, -1]  # the last pair feature is the identity
+        not_a_key = ((1.0 - mask.unsqueeze(2)) + itself).clip(max=1.0)  # padding rows, self-links
+        logits = logits - not_a_key * 1e4
+        no_key = paddle.zeros_like(logits[:, :1, :]) + self.no_key
         return paddle.concat([logits, no_key], axis=1)  # (B, N + 1, N)
 
 

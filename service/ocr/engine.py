@@ -1,7 +1,8 @@
-"""Thin wrapper around ``paddle.inference`` for the legacy ``.pdmodel`` graphs we serve.
+"""Thin wrapper around ``paddle.inference`` for the models in the registry.
 
-The PP-OCR exports in the registry are old-IR programs. oneDNN on the new IR (PIR) fails on them
-(``ConvertPirAttribute2RuntimeAttribute not support``), so predictors always run on the old IR.
+The shipped PP-OCR exports are old-IR ``.pdmodel`` programs: oneDNN on the new IR (PIR) fails on
+them (``ConvertPirAttribute2RuntimeAttribute not support``), so they run on the old IR. Models
+trained here are exported by ``paddle.jit.save`` as PIR ``.json`` programs and run on the new IR.
 """
 
 from __future__ import annotations
@@ -25,12 +26,17 @@ class ModelFilesMissing(FileNotFoundError):
 
 
 def model_files(model_dir: Path) -> tuple[Path, Path]:
-    """Return the (program, parameters) files of an inference model folder."""
-    program = model_dir / "inference.pdmodel"
+    """Return the (program, parameters) files of an inference model folder.
+
+    The program is ``inference.pdmodel`` (legacy IR, the shipped PP-OCR models) or
+    ``inference.json`` (PIR, what ``paddle.jit.save`` writes for the models trained here).
+    """
     params = model_dir / "inference.pdiparams"
-    if not program.is_file() or not params.is_file():
-        raise ModelFilesMissing(f"{model_dir} has no inference.pdmodel/inference.pdiparams")
-    return program, params
+    for name in ("inference.pdmodel", "inference.json"):
+        program = model_dir / name
+        if program.is_file() and params.is_file():
+            return program, params
+    raise ModelFilesMissing(f"{model_dir} has no inference.pdmodel/.json with inference.pdiparams")
 
 
 class Predictor:
@@ -53,12 +59,13 @@ class Predictor:
         program, params = self._files
         config = inference.Config(str(program), str(params))
         config.disable_gpu()
-        config.enable_new_ir(False)
-        # The standalone executor frees intermediate tensors as it goes: peak memory on 50 FUNSD
-        # pages fell from 6.3 GB to 1.4 GB with identical outputs.
-        config.enable_new_executor()
-        config.set_optimization_level(3)
-        config.enable_memory_optim()
+        if program.suffix == ".pdmodel":
+            config.enable_new_ir(False)
+            # The standalone executor frees intermediate tensors as it goes: peak memory on 50
+            # FUNSD pages fell from 6.3 GB to 1.4 GB with identical outputs.
+            config.enable_new_executor()
+            config.set_optimization_level(3)
+            config.enable_memory_optim()  # on a PIR program this pass fails to register
         config.disable_glog_info()
         config.set_cpu_math_library_num_threads(self._threads)
         if self._use_mkldnn:
@@ -75,10 +82,15 @@ class Predictor:
         return predictor
 
     def __call__(self, batch: np.ndarray) -> np.ndarray:
-        """Run the model on an NCHW float32 batch and return its first output."""
+        """Run a single-input model on an NCHW float32 batch and return its first output."""
+        return self.run([np.ascontiguousarray(batch, dtype=np.float32)])[0]
+
+    def run(self, inputs: list[np.ndarray]) -> list[np.ndarray]:
+        """Run the model on its inputs, in the order of the program's input names."""
         predictor = self._predictor()
-        source = predictor.get_input_handle(predictor.get_input_names()[0])
-        source.reshape(list(batch.shape))
-        source.copy_from_cpu(np.ascontiguousarray(batch, dtype=np.float32))
+        for name, value in zip(predictor.get_input_names(), inputs):
+            handle = predictor.get_input_handle(name)
+            handle.reshape(list(value.shape))
+            handle.copy_from_cpu(np.ascontiguousarray(value))
         predictor.run()
-        return predictor.get_output_handle(predictor.get_output_names()[0]).copy_to_cpu()
+        return [predictor.get_output_handle(name).copy_to_cpu() for name in predictor.get_output_names()]

@@ -1,0 +1,155 @@
+"""SER and RE in service: export trained models into the registry and run them on documents."""
+
+from __future__ import annotations
+
+import tempfile
+import threading
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import paddle
+from paddle.static import InputSpec
+
+from service.document import Document, Link
+from service.kie.features import MAX_TOKENS, N_BOX, N_PAIR, N_TEXT_CUES, featurize
+from service.kie.train import decode_links, re_probabilities
+from service.ocr.engine import Predictor
+from service.registry import ModelRegistry
+
+SER_MODEL_NAME = "PaperloopGraphSER"
+RE_MODEL_NAME = "PaperloopGraphRE"
+
+
+def input_specs(num_labels: int | None = None) -> list[InputSpec]:
+    """Dynamic-shape inputs of the exported graph models (RE also takes label probabilities)."""
+    specs = [
+        InputSpec([None, None, MAX_TOKENS], "int64", "tokens"),
+        InputSpec([None, None, N_TEXT_CUES], "float32", "cues"),
+        InputSpec([None, None, N_BOX], "float32", "boxes"),
+        InputSpec([None, None, None, N_PAIR], "float32", "pairs"),
+        InputSpec([None, None], "float32", "mask"),
+    ]
+    if num_labels is not None:
+        specs.append(InputSpec([None, None, num_labels], "float32", "label_probs"))
+    return specs
+
+
+def export_for_inference(model: paddle.nn.Layer, specs: list[InputSpec], folder: Path) -> dict[str, Path]:
+    """``paddle.jit.save`` the model into ``folder``; returns registry file name → path."""
+    model.eval()
+    paddle.jit.save(model, str(folder / "inference"), input_spec=specs)
+    return {"inference.json": folder / "inference.json", "inference.pdiparams": folder / "inference.pdiparams"}
+
+
+def kie_inference_yml(task: str, labels: Sequence[str], temperature: float,
+                      threshold: float | None = None, extra: dict[str, Any] | None = None) -> dict[str, Any]:
+    """``inference.yml`` of a KIE model: what a loader needs to turn outputs into labels and links."""
+    post: dict[str, Any] = {"name": "SoftmaxTemperature" if task == "ser" else "KeyPerValueSoftmax",
+                            "label_list": list(labels), "temperature": round(float(temperature), 5)}
+    if threshold is not None:
+        post["link_threshold"] = round(float(threshold), 4)
+    return {
+        "Global": {"model_name": SER_MODEL_NAME if task == "ser" else RE_MODEL_NAME, **(extra or {})},
+        "PreProcess": {"features": "paperloop.kie.features/v1"},
+        "PostProcess": post,
+    }
+
+
+def softmax(logits: np.ndarray, temperature: float = 1.0, axis: int = -1) -> np.ndarray:
+    """Numerically stable softmax with a temperature."""
+    z = logits / temperature
+    z = z - z.max(axis=axis, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=axis, keepdims=True)
+
+
+class _LoadedModel:
+    """One exported KIE model with its post-processing settings."""
+
+    def __init__(self, registry: ModelRegistry, task: str, threads: int) -> None:
+        self.version, folder = registry.current_dir(task)
+        post = registry.inference_config(task, self.version)["PostProcess"]
+        self.labels: list[str] = list(post["label_list"])
+        self.temperature = float(post["temperature"])
+        self.threshold = float(post.get("link_threshold", 0.5))
+        self.predictor = Predictor(folder, threads=threads, use_mkldnn=False)
+
+
+def _inputs(document: Document) -> tuple[list[str], list[np.ndarray]]:
+    f = featurize(document)
+    n = len(f.segment_ids)
+    arrays = [f.tokens[None], f.cues[None], f.boxes[None], f.pairs[None], np.ones((1, n), np.float32)]
+    return f.segment_ids, arrays
+
+
+class KieModels:
+    """The SER and RE versions in service; ``refresh()`` follows the ``current`` pointers."""
+
+    def __init__(self, registry: ModelRegistry, threads: int = 2, multiple_values: bool = True,
+                 link_threshold: float | None = None) -> None:
+        self._registry = registry
+        self._threads = threads
+        self._multiple_values = multiple_values
+        self._link_threshold = link_threshold
+        self._lock = threading.Lock()
+        self.ser: _LoadedModel | None = None
+        self.re: _LoadedModel | None = None
+
+    def refresh(self) -> dict[str, str]:
+        """Load whatever SER/RE versions are in service now; returns them (empty when none)."""
+        with self._lock:
+            for task in ("ser", "re"):
+                version = self._registry.current_version(task)
+                loaded = getattr(self, task)
+                if version is None:
+                    setattr(self, task, None)
+                elif loaded is None or loaded.version != version:
+                    setattr(self, task, _LoadedModel(self._registry, task, self._threads))
+            return {t: m.version for t, m in (("ser", self.ser), ("re", self.re)) if m is not None}
+
+    def label(self, document: Document) -> np.ndarray | None:
+        """Fill every segment's label and calibrated probability; returns the (N, labels) probabilities."""
+        if self.ser is None or not document.segments:
+            return None
+        ids, arrays = _inputs(document)
+        probabilities = softmax(self.ser.predictor.run(arrays)[0][0], self.ser.temperature)
+        by_id = {s.id: s for s in document.segments}
+        for sid, p in zip(ids, probabilities):
+            best = int(p.argmax())
+            segment = by_id[sid]
+            segment.label, segment.label_score, segment.ser_version = self.ser.labels[best], float(p[best]), self.ser.version
+        return probabilities
+
+    def link(self, document: Document, label_probabilities: np.ndarray) -> None:
+        """Replace the document's links with RE's predictions (key → value, calibrated score)."""
+        if self.re is None or not document.segments:
+            return
+        ids, arrays = _inputs(document)
+        logits = self.re.predictor.run([*arrays, label_probabilities[None].astype(np.float32)])[0][0]
+        probabilities = re_probabilities(logits, self.re.temperature)
+        threshold = self._link_threshold if self._link_threshold is not None else self.re.threshold
+        found = decode_links(probabilities, threshold)
+        if not self._multiple_values:
+            best: dict[int, tuple[int, int, float]] = {}
+            for key, value, p in found:
+                if key not in best or p > best[key][2]:
+                    best[key] = (key, value, p)
+            found = list(best.values())
+        document.links = [Link(key=ids[k], value=ids[v], score=round(p, 5), re_version=self.re.version)
+                          for k, v, p in sorted(found, key=lambda t: (t[0], t[1]))]
+
+    def predict(self, document: Document) -> Document:
+        """Label the segments and link keys to values with the models in service (in place)."""
+        versions = self.refresh()
+        probabilities = self.label(document)
+        if probabilities is not None and "re" in versions:
+            self.link(document, probabilities)
+        document.model_versions.update(versions)
+        return document
+
+
+def temporary_export_dir() -> tempfile.TemporaryDirectory:
+    """A scratch folder for an export before it is copied into the registry."""
+    return tempfile.TemporaryDirectory(prefix="paperloop-export-")

@@ -1,0 +1,154 @@
+"""Train SER / RE on gold documents, calibrate on held-out ones, and store them in the registry."""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any
+
+import numpy as np
+import paddle
+
+from service.document import Document
+from service.kie import train as T
+from service.kie.data import training_documents
+from service.kie.inference import export_for_inference, input_specs, kie_inference_yml, softmax, temporary_export_dir
+from service.kie.metrics import expected_calibration_error
+from service.kie.model import ReModel, SerModel, parameter_count
+from service.registry import ModelCard, ModelRegistry
+
+LabelSource = Callable[[Sequence[T.Example]], list[np.ndarray]]
+
+
+@dataclass
+class TrainedModel:
+    """A trained, calibrated model and what is known about it."""
+
+    task: str
+    model: paddle.nn.Layer
+    labels: list[str]
+    temperature: float
+    threshold: float | None
+    metrics: dict[str, Any]
+    data_counts: dict[str, int]
+    settings: T.TrainSettings
+    history: T.History = field(default_factory=T.History)
+
+
+def split_validation(documents: Sequence[Document], fraction: float, seed: int) -> tuple[list[Document], list[Document]]:
+    """A seeded random split of documents into (train, validation)."""
+    order = sorted(documents, key=lambda d: d.id)
+    random.Random(seed).shuffle(order)
+    n_val = max(1, int(round(fraction * len(order)))) if len(order) > 1 else 0
+    return order[n_val:], order[:n_val]
+
+
+def _counts(train: Sequence[Document], val: Sequence[Document]) -> dict[str, int]:
+    return {"train_documents": len(train), "train_segments": sum(len(d.segments) for d in train),
+            "train_links": sum(len(d.links) for d in train), "validation_documents": len(val)}
+
+
+def ser_label_source(model: SerModel, temperature: float) -> LabelSource:
+    """Label probabilities from a trained SER model (RE's input at inference time)."""
+    return lambda examples: [softmax(l, temperature) for l in T.ser_logits(model, examples)]
+
+
+def train_ser(train_docs: Sequence[Document], val_docs: Sequence[Document], labels: Sequence[str],
+              settings: T.TrainSettings, with_lines: bool = True, progress: bool = True) -> TrainedModel:
+    """Train SER, keep the best validation epoch, fit a temperature on validation."""
+    T.set_seed(settings.seed)
+    train = [T.make_example(d, labels) for d in training_documents(list(train_docs), with_lines)]
+    val = [T.make_example(d, labels) for d in val_docs]
+    model = SerModel(len(labels), **settings.encoder_args())
+
+    def validate() -> float:
+        return T.ser_evaluate(T.ser_logits(model, val), val, labels)["overall"].hmean
+
+    history = T.fit(model, T.ser_loss, train, settings, validate, progress)
+    logits = T.ser_logits(model, val)
+    temperature = T.ser_temperature(logits, val)
+    scores = T.ser_evaluate(logits, val, labels)
+    metrics = {"validation": {k: v.as_dict() for k, v in scores.items()},
+               "hmean": scores["overall"].hmean, "ece_before": _ser_ece(logits, val, 1.0),
+               "ece": _ser_ece(logits, val, temperature), "parameters": parameter_count(model),
+               "train_seconds": round(history.seconds, 1), "best_epoch": history.best_epoch}
+    return TrainedModel("ser", model, list(labels), temperature, None, metrics,
+                        _counts(train_docs, val_docs), settings, history)
+
+
+def _ser_ece(logits: Sequence[np.ndarray], examples: Sequence[T.Example], temperature: float) -> float:
+    confidences, correct = [], []
+    for l, e in zip(logits, examples):
+        keep = e.labels != T.IGNORE
+        p = softmax(l[keep], temperature)
+        confidences.append(p.max(axis=1))
+        correct.append(p.argmax(axis=1) == e.labels[keep])
+    return round(expected_calibration_error(np.concatenate(confidences), np.concatenate(correct)), 4)
+
+
+def train_re(train_docs: Sequence[Document], val_docs: Sequence[Document], labels: Sequence[str],
+             settings: T.TrainSettings, val_label_source: LabelSource | None = None,
+             with_lines: bool = True, progress: bool = True) -> TrainedModel:
+    """Train RE on gold labels (noised), calibrate and pick the link threshold on validation.
+
+    ``val_label_source`` gives the validation documents' label probabilities as SER will at
+    inference; without it the gold labels are used.
+    """
+    T.set_seed(settings.seed)
+    rng = np.random.default_rng(settings.seed)
+    train = [T.make_example(d, labels) for d in training_documents(list(train_docs), with_lines)]
+    val = [T.make_example(d, labels) for d in val_docs]
+    if val_label_source is not None:
+        val = T.with_label_probs(val, val_label_source(val))
+    model = ReModel(len(labels), **settings.encoder_args())
+    history = T.fit(model, T.re_loss, T.noisy_label_probs(train, rng), settings,
+                    lambda: T.re_evaluate(T.re_logits(model, val), val, 0.5).hmean, progress)
+    logits = T.re_logits(model, val)
+    temperature = T.re_temperature(logits, val)
+    threshold = T.best_threshold(logits, val, temperature)
+    scores = T.re_evaluate(logits, val, threshold, temperature)
+    metrics = {"validation": scores.as_dict(), "hmean": scores.hmean, "link_threshold": threshold,
+               "ece": _re_ece(logits, val, temperature), "parameters": parameter_count(model),
+               "train_seconds": round(history.seconds, 1), "best_epoch": history.best_epoch}
+    return TrainedModel("re", model, list(labels), temperature, threshold, metrics,
+                        _counts(train_docs, val_docs), settings, history)
+
+
+def _re_ece(logits: Sequence[np.ndarray], examples: Sequence[T.Example], temperature: float) -> float:
+    """Calibration of "the most likely key of each segment (or none) is right"."""
+    confidences, correct = [], []
+    for l, e in zip(logits, examples):
+        p = T.re_probabilities(l, temperature)
+        best = p.argmax(axis=0)
+        truth = np.vstack([e.links, (e.links.sum(axis=0) == 0)[None].astype(np.float32)])
+        confidences.append(p.max(axis=0))
+        correct.append(truth[best, np.arange(p.shape[1])] > 0)
+    return round(expected_calibration_error(np.concatenate(confidences), np.concatenate(correct)), 4)
+
+
+def next_version(registry: ModelRegistry, task: str) -> str:
+    """A new, sortable version name: ``v<n>-<UTC timestamp>``."""
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%d%H%M%S")
+    return f"v{len(registry.versions(task)) + 1}-{stamp}"
+
+
+def register(trained: TrainedModel, registry: ModelRegistry, promote: bool) -> str:
+    """Export into the registry as a new version; put it in service if asked or if none is."""
+    version = next_version(registry, trained.task)
+    specs = input_specs(len(trained.labels) if trained.task == "re" else None)
+    card = ModelCard(task=trained.task, version=version,
+                     model_name="PaperloopGraphSER" if trained.task == "ser" else "PaperloopGraphRE",
+                     parent=registry.current_version(trained.task), source="paperloop train",
+                     data_counts=trained.data_counts,
+                     metrics={**trained.metrics, "temperature": trained.temperature,
+                              "settings": T.settings_dict(trained.settings)})
+    with temporary_export_dir() as scratch:
+        files = export_for_inference(trained.model, specs, Path(scratch))
+        yml = kie_inference_yml(trained.task, trained.labels, trained.temperature, trained.threshold)
+        registry.add_version(card, files, yml)
+    if promote or registry.current_version(trained.task) is None:
+        registry.set_current(trained.task, version)
+    return version
