@@ -100,7 +100,9 @@ def status(cfg: PaperloopConfig, as_json: bool) -> None:
     for task, version in models.items():
         click.echo(f"  {task:<5}{version or '(none)'}")
     if models.get("ser") is None:
-        click.echo("note: no SER/RE model trained yet; documents get OCR only")
+        click.echo("note: no SER/RE model trained yet (`paperloop train ser`); documents get OCR only")
+    elif models.get("re") is None:
+        click.echo("note: no RE model trained yet (`paperloop train re`); documents get labels but no links")
 
 
 @cli.group()
@@ -131,8 +133,9 @@ def models_list(cfg: PaperloopConfig, task: str | None) -> None:
         for version in registry.versions(name):
             card = registry.card(name, version)
             mark = "*" if version == current else " "
+            headline = {k: round(v, 4) for k, v in card.metrics.items() if k in ("hmean", "ece") and v is not None}
             click.echo(f"{mark} {name:<4} {version:<24} {card.created_at[:19]}  {card.model_name}  "
-                       f"{json.dumps(card.metrics) if card.metrics else ''}")
+                       f"{json.dumps(headline) if headline else ''}")
 
 
 @cli.command("show-config")
@@ -153,6 +156,15 @@ def _ensure_models(cfg: PaperloopConfig) -> None:
 from service.cli_labels import export_labels, import_labels  # noqa: E402
 cli.add_command(import_labels, "import")
 cli.add_command(export_labels, "export")
+
+
+from service.cli_review import review  # noqa: E402
+cli.add_command(review)
+
+from service.cli_kie import evaluate, train  # noqa: E402
+
+cli.add_command(train)
+cli.add_command(evaluate)
 
 
 def main() -> None:

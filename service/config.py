@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 
 class ConfigError(ValueError):
@@ -105,6 +105,67 @@ class RoutingConfig(StrictModel):
     min_rec_score: float = Field(0.80, ge=0, le=1)
 
 
+class ReviewConfig(StrictModel):
+    """Human review: what goes to the queue, in which order, and who may review.
+
+    The recognition threshold is ``routing.min_rec_score``; the SER and RE thresholds are here.
+    """
+
+    min_label_score: float = Field(0.80, ge=0, le=1)  # SER label probability
+    min_link_score: float = Field(0.80, ge=0, le=1)  # RE link probability
+    # Per label of the schema: a segment with this label whose confidence (the lower of its
+    # recognition score and label probability) is below the value goes to review.
+    field_thresholds: dict[str, float] = {}
+    audit_percent: float = Field(5.0, ge=0, le=100)  # random share of passed documents reviewed
+    audit_every: int = Field(4, ge=1)  # in the queue, one audit document after every N others
+    uncertainty: Literal["entropy", "margin", "least_confidence"] = "entropy"
+    holdout_fraction: float = Field(0.1, ge=0, lt=1)  # share of new gold documents frozen in holdout
+    claim_minutes: float = Field(30.0, gt=0)  # a claim not renewed for this long lapses
+    labels: list[str] = ["header", "question", "answer", "other"]  # label schema offered to reviewers
+    # Password hashes made by `paperloop review --hash-password`: one shared by every reviewer,
+    # and/or one per reviewer name. PAPERLOOP_REVIEW_PASSWORD (plain) takes precedence over the
+    # shared one. With none, the app runs on a loopback address only.
+    password_hash: str | None = None
+    reviewers: dict[str, str] = {}
+    address: str = "127.0.0.1"
+    port: int = Field(8501, ge=1, le=65535)
+
+
+class KieTrainingConfig(StrictModel):
+    """Hyper-parameters of ``paperloop train ser|re`` (chosen on a split of FUNSD's training set)."""
+
+    epochs: int = Field(30, ge=1)
+    batch_size: int = Field(4, ge=1)
+    learning_rate: float = Field(1e-3, gt=0)
+    weight_decay: float = Field(0.01, ge=0)
+    dim: int = Field(128, ge=8)
+    layers: int = Field(3, ge=1)
+    heads: int = Field(4, ge=1)
+    embed_dim: int = Field(64, ge=8)
+    dropout: float = Field(0.1, ge=0, lt=1)
+    seed: int = 0
+    validation_fraction: float = Field(0.15, gt=0, lt=1)
+    line_augmentation: bool = True  # also train on gold entities split into lines, as OCR sees them
+
+
+class KieConfig(StrictModel):
+    """Key information extraction: the label schema and how links are decided."""
+
+    labels: list[str] = ["header", "question", "answer", "other"]
+    other_label: str = "other"  # the "not a field" label; not counted in entity-level scores
+    multiple_values: bool = True  # a key may link to several values (FUNSD: yes)
+    link_threshold: float | None = Field(None, gt=0, lt=1)  # None: the model's own, tuned on validation
+    training: KieTrainingConfig = KieTrainingConfig()
+
+    @model_validator(mode="after")
+    def _other_is_a_label(self) -> "KieConfig":
+        if self.other_label not in self.labels:
+            raise ValueError(f"other_label {self.other_label!r} must be one of labels {self.labels}")
+        if len(set(self.labels)) != len(self.labels):
+            raise ValueError("labels must be unique")
+        return self
+
+
 class PaperloopConfig(StrictModel):
     """The whole configuration."""
 
@@ -113,6 +174,8 @@ class PaperloopConfig(StrictModel):
     ingest: IngestConfig = IngestConfig()
     ocr: OcrConfig = OcrConfig()
     routing: RoutingConfig = RoutingConfig()
+    review: ReviewConfig = ReviewConfig()
+    kie: KieConfig = KieConfig()
 
 
 def load_config(path: Path | None = None) -> PaperloopConfig:

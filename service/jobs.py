@@ -144,8 +144,8 @@ class JobRunner:
             return self._quarantine(job, Reason.PROCESSING_ERROR, f"{type(exc).__name__}: {exc}")
         routing = self.pipeline.route(document)
         json_path = self.output / f"{document.id}.json"
-        write_json_atomic(json_path, {**document.to_dict(), "state": routing.state,
-                                      "review_reason": routing.reason})
+        write_json_atomic(json_path, {**document.to_dict(), "key_values": document.key_values(),
+                                      "state": routing.state, "review_reason": routing.reason})
         target = self.archive / f"{job.id}-{job.source_name}"
         self.store.save_result(job.id, document, routing.state, routing.reason, json_path, target)
         move_file(work, target)

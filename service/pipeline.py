@@ -10,6 +10,7 @@ from PIL import Image
 
 from service.config import PaperloopConfig
 from service.document import Document, Page, Segment
+from service.kie.inference import KieModels
 from service.ocr import OcrEngine, OcrLine
 from service.rasterize import iter_pages, probe
 from service.registry import ModelRegistry
@@ -44,7 +45,10 @@ class DocumentPipeline:
 
     def __init__(self, cfg: PaperloopConfig, ocr: OcrEngine | None = None) -> None:
         self.cfg = cfg
-        self.ocr = ocr or OcrEngine(ModelRegistry(cfg.paths.resolve("models")), cfg.ocr)
+        registry = ModelRegistry(cfg.paths.resolve("models"))
+        self.ocr = ocr or OcrEngine(registry, cfg.ocr)
+        self.kie = KieModels(registry, threads=cfg.ocr.threads, multiple_values=cfg.kie.multiple_values,
+                             link_threshold=cfg.kie.link_threshold)
         self.pages_dir = cfg.paths.resolve("data") / "pages"
 
     def process_file(self, path: Path, document_id: str, sha256: str, source_name: str) -> Document:
@@ -55,7 +59,8 @@ class DocumentPipeline:
                             created_at=utc_now(), model_versions=dict(versions))
         for number, image in enumerate(iter_pages(path, info, self.cfg.ingest), start=1):
             document.pages.append(self._read_page(document_id, number, image, versions))
-        return document
+        # SER labels the lines and RE links keys to values, when such models are in service.
+        return self.kie.predict(document)
 
     def _read_page(self, document_id: str, number: int, image: Image.Image, versions: dict[str, str]) -> Page:
         relative = Path(document_id) / f"page-{number:03d}.png"
@@ -68,14 +73,9 @@ class DocumentPipeline:
                     image=str(Path("pages") / relative), segments=_segments(lines, number, versions))
 
     def route(self, document: Document) -> Routing:
-        """Send a document to review when any recognition is below the configured confidence."""
-        segments = document.segments
-        if not segments:
-            return Routing(NEEDS_REVIEW, "no text was found")
-        threshold = self.cfg.routing.min_rec_score
-        low = [s for s in segments if s.rec_score < threshold]
-        if low:
-            lowest = min(s.rec_score for s in low)
-            return Routing(NEEDS_REVIEW, f"{len(low)} of {len(segments)} segments read with confidence "
-                                         f"below {threshold:.2f} (lowest {lowest:.2f})")
-        return Routing(DONE, None)
+        """Send a document to review when any result is below its threshold, or as an audit sample
+        (see :func:`service.review.decide`)."""
+        from service.review import decide
+
+        decision = decide(document, self.cfg)
+        return Routing(NEEDS_REVIEW if decision.needs_review else DONE, decision.summary)

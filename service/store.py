@@ -100,10 +100,30 @@ def _migration_2(db: sqlite_utils.Database) -> None:
     db["gold_documents"].create_index(["split"])
 
 
+def _migration_3(db: sqlite_utils.Database) -> None:
+    # The review queue (one row per document sent to review), reviewers' claims, and the audit log
+    # of every change a reviewer saved (see service/review.py).
+    db["review_items"].create({
+        "document_id": str, "document_created_at": str, "reason": str, "reasons": str, "audit": int,
+        "uncertainty": float, "status": str, "queued_at": str, "reviewed_at": str, "reviewed_by": str,
+        "revision": int, "split": str, "stratum": str,
+    }, pk="document_id", not_null={"status"}, defaults={"audit": 0, "revision": 0})
+    db["review_items"].create_index(["status"])
+    db["review_claims"].create({
+        "document_id": str, "reviewer": str, "claimed_at": str, "expires_at": str,
+    }, pk="document_id")
+    db["review_audit"].create({
+        "id": int, "save_id": str, "document_id": str, "reviewer": str, "at": str, "action": str,
+        "target": str, "before": str, "after": str, "model_versions": str,
+    }, pk="id", not_null={"document_id", "reviewer", "at", "action"})
+    db["review_audit"].create_index(["document_id", "at"])
+
+
 # Append-only: a migration, once released, is never edited; add a new one instead.
 MIGRATIONS: list[tuple[str, Callable[[sqlite_utils.Database], None]]] = [
     ("0001_jobs_documents_pages_segments", _migration_1),
     ("0002_labels_links_gold", _migration_2),
+    ("0003_review_queue_claims_audit", _migration_3),
 ]
 
 

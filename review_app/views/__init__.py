@@ -1,0 +1,1 @@
+"""The pages of the review app: login, queue, document, data, models."""

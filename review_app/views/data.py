@@ -1,0 +1,107 @@
+"""Data page: the gold labels per task and per label, what is new since training; exports."""
+
+from __future__ import annotations
+
+import io
+import zipfile
+from datetime import datetime, timezone
+from pathlib import Path
+
+import altair as alt
+import pandas as pd
+import streamlit as st
+
+from review_app import common
+from service.config import PaperloopConfig
+from service.labels import SPLITS
+from service.review import EXPORT_FORMATS, ReviewService, export_gold, label_colours
+
+TASKS = {"det": "Detection (boxes)", "rec": "Recognition (texts)", "ser": "SER (labels)", "re": "RE (links)"}
+FORMAT_NAMES = {"det": "Detection Label.txt + images", "rec": "Recognition rec_gt.txt + crop_img/",
+                "kie": "KIE Label.txt + XFUND JSON (label)"}
+
+
+def _zip(folder: Path) -> bytes:
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
+        for path in sorted(folder.rglob("*")):
+            if path.is_file():
+                archive.write(path.resolve(), path.relative_to(folder.parent))
+    return buffer.getvalue()
+
+
+def render(service: ReviewService, cfg: PaperloopConfig, reviewer: str) -> None:
+    """The data page."""
+    st.markdown("## Gold labels")
+    common.show_flash()
+    summary = service.gold_summary()
+    per_split = summary["per_split"]
+    cols = st.columns(len(SPLITS) + 1)
+    for i, split in enumerate(SPLITS):
+        cols[i].metric(f"{split} documents", per_split.get(split, {}).get("documents", 0))
+    cols[-1].metric("reviewed by people", len(service.items("reviewed")))
+
+    st.markdown("#### Per task")
+    rows = []
+    for task, title in TASKS.items():
+        new = summary["new_since_training"][task]
+        since = f"{new['since_version']} ({new['since'][:10]})" if new["since_version"] else "no model yet"
+        rows.append({"Task": title, **{split: per_split.get(split, {}).get(task, 0) for split in SPLITS},
+                     "New since last training": new["count"], "Last training": since})
+    st.dataframe(pd.DataFrame(rows), hide_index=True, width="stretch")
+
+    st.markdown("#### Per label (segments)")
+    per_label = summary["per_label"]
+    if per_label:
+        table = pd.DataFrame([{"Label": label, **{s: counts.get(s, 0) for s in SPLITS}}
+                              for label, counts in per_label.items()])
+        left, right = st.columns([1, 1.4])
+        left.dataframe(table, hide_index=True, width="stretch")
+        long = table.melt("Label", var_name="Split", value_name="Segments")
+        colours = label_colours([label for label in per_label if label != "(none)"])
+        colours["(none)"] = "#9e9e9e"
+        chart = alt.Chart(long).mark_bar().encode(
+            x=alt.X("Segments:Q"), y=alt.Y("Label:N", sort="-x"),
+            color=alt.Color("Label:N", scale=alt.Scale(domain=list(colours), range=list(colours.values())),
+                            legend=None),
+            row=alt.Row("Split:N", title=None), tooltip=["Label", "Split", "Segments"],
+        ).properties(height=90)
+        right.altair_chart(chart, width="stretch")
+    else:
+        st.info("No gold labels yet: they appear here as reviewers save documents.")
+
+    st.markdown("#### Export in PaddleOCR's formats")
+    with st.form("export"):
+        default = cfg.paths.resolve("data") / "exports" / f"gold-{datetime.now(timezone.utc):%Y%m%d-%H%M%S}"
+        c = st.columns([2, 1, 1.6, 1])
+        folder = c[0].text_input("Folder", value=str(default), key="export_folder")
+        splits = c[1].multiselect("Splits", SPLITS, default=["train", "holdout"], key="export_splits")
+        formats = c[2].multiselect("Formats", EXPORT_FORMATS, default=list(EXPORT_FORMATS),
+                                   format_func=FORMAT_NAMES.get, key="export_formats")
+        only_review = c[3].checkbox("Reviewed only", value=False, key="export_only_review",
+                                    help="Leave out imported data sets")
+        go = st.form_submit_button("Export", type="primary")
+    if go:
+        target = Path(folder).expanduser()
+        with st.spinner("Exporting…"):
+            result = export_gold(service, target, splits=splits, formats=formats,
+                                 sources=["review"] if only_review else None)
+        if not result:
+            st.warning("Nothing to export for these splits.")
+        else:
+            st.success(f"Exported to {target}")
+            st.json(result, expanded=False)
+            st.session_state["export_last"] = str(target)
+    last = st.session_state.get("export_last")
+    if last and Path(last).is_dir():
+        st.download_button("Download the last export as .zip", icon=":material/download:", data=_zip(Path(last)),
+                           file_name=f"{Path(last).name}.zip", mime="application/zip", key="export_download")
+
+    with st.expander("Recent changes by reviewers"):
+        log = service.audit_log()[:200]
+        if log:
+            st.dataframe(pd.DataFrame([{"At (UTC)": r["at"][:19].replace("T", " "), "By": r["reviewer"],
+                                        "Document": r["document_id"], "Change": r["action"], "Target": r["target"]}
+                                       for r in log]), hide_index=True, width="stretch")
+        else:
+            st.caption("No changes saved yet.")

@@ -1,0 +1,47 @@
+"""Models page: versions per task with their metrics, the one in service, Hmean across versions."""
+
+from __future__ import annotations
+
+import json
+
+import altair as alt
+import pandas as pd
+import streamlit as st
+
+from service.config import PaperloopConfig
+from service.registry import TASKS, ModelRegistry
+from service.review import ReviewService, hmean_history, model_versions
+
+
+def render(service: ReviewService, cfg: PaperloopConfig, reviewer: str) -> None:
+    """The models page."""
+    st.markdown("## Models")
+    registry = ModelRegistry(cfg.paths.resolve("models"))
+    rows = model_versions(registry)
+    if not rows:
+        st.info(f"No model in the registry at {registry.root}; run `paperloop models install-base`.")
+        return
+    history = pd.DataFrame(hmean_history(registry))
+    st.markdown("#### Evaluation Hmean across versions")
+    if history.empty:
+        st.info("No version has an evaluation Hmean yet; the training runs record it in each version's card.")
+    else:
+        chart = alt.Chart(history).mark_line(point=alt.OverlayMarkDef(size=70)).encode(
+            x=alt.X("created_at:T", title="version created"), y=alt.Y("hmean:Q", title="Hmean",
+                                                                     scale=alt.Scale(zero=False)),
+            color=alt.Color("series:N", title="task · metric"),
+            tooltip=["task", "version", "metric", alt.Tooltip("hmean:Q", format=".4f"), "created_at"],
+        ).properties(height=300)
+        st.altair_chart(chart, width="stretch")
+    for task in TASKS:
+        task_rows = [r for r in rows if r["task"] == task]
+        if not task_rows:
+            continue
+        current = next((r["version"] for r in task_rows if r["in_service"]), None)
+        st.markdown(f"#### {task} · in service: `{current or 'none'}`")
+        st.dataframe(pd.DataFrame([{
+            "": "★" if r["in_service"] else "", "Version": r["version"], "Created (UTC)": r["created_at"][:19],
+            "Parent": r["parent"] or "", "Model": r["model_name"], "Source": r["source"],
+            "Data": json.dumps(r["data_counts"]) if r["data_counts"] else "",
+            "Metrics": json.dumps(r["metrics"]) if r["metrics"] else "",
+        } for r in task_rows]), hide_index=True, width="stretch")

@@ -1,0 +1,208 @@
+"""End to end in a real browser: the service reads a FUNSD page, a reviewer fixes it in the review app.
+
+Headless Chromium is Debian's ``chromium`` package, driven by Playwright through
+``executable_path`` (no browser download). The review app runs as ``paperloop review`` in a child
+process on a free loopback port. A screenshot of the document page is saved under
+``tests/artifacts/``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import sqlite3
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+import yaml
+
+from service.config import PaperloopConfig
+from service.daemon import Daemon
+from service.jobs import JobRunner
+from service.ocr import OcrEngine
+from service.pipeline import DocumentPipeline
+from service.store import NEEDS_REVIEW, Store
+
+from conftest import PROJECT_ROOT
+
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+ARTIFACTS = PROJECT_ROOT / "tests" / "artifacts"
+PASSWORD = "correct horse battery staple"
+
+playwright_api = pytest.importorskip("playwright.sync_api")
+pytestmark = [pytest.mark.slow,
+              pytest.mark.skipif(not Path(CHROMIUM).is_file(), reason="Debian's chromium is not installed")]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _wait_for(condition, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"{what}: not within {timeout}s")
+
+
+def _answers(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=2) as response:
+            return response.status == 200
+    except OSError:
+        return False
+
+
+@pytest.fixture
+def processed(cfg: PaperloopConfig, ocr_engine: OcrEngine, funsd_page_path: Path) -> Iterator[PaperloopConfig]:
+    """The service on a temporary folder, with one FUNSD page dropped in and read (then stopped)."""
+    cfg.review.audit_percent = 100  # in the queue whatever the OCR scores are
+    store = Store(cfg.paths.database)
+    daemon = Daemon(cfg, store, JobRunner(cfg, store, DocumentPipeline(cfg, ocr_engine)))
+    thread = threading.Thread(target=daemon.run, kwargs={"install_signal_handlers": False}, daemon=True)
+    thread.start()
+    try:
+        shutil.copy(funsd_page_path, cfg.paths.resolve("inbox") / "form.png")
+        _wait_for(lambda: store.db.execute("SELECT COUNT(*) FROM documents").fetchone()[0] == 1, 120,
+                  "the page was processed")
+    finally:
+        daemon.stop_event.set()
+        thread.join(timeout=60)
+    assert store.db.execute("SELECT state FROM documents").fetchone()[0] == NEEDS_REVIEW
+    store.close()
+    yield cfg
+
+
+@pytest.fixture
+def review_app(processed: PaperloopConfig) -> Iterator[str]:
+    """``paperloop review`` in a child process; yields its URL."""
+    cfg = processed
+    config = cfg.paths.resolve("data") / "config.yaml"
+    config.write_text(yaml.safe_dump(cfg.model_dump(mode="json")))
+    port = _free_port()
+    env = {**os.environ, "PAPERLOOP_REVIEW_PASSWORD": PASSWORD}
+    env.pop("PAPERLOOP_CONFIG", None)
+    log = open(cfg.paths.resolve("data") / "review-app.log", "wb")
+    child = subprocess.Popen([sys.executable, "-m", "service", "--config", str(config), "review", "--port", str(port)],
+                             cwd=cfg.paths.root, env=env, stdout=log, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}/"
+    try:
+        _wait_for(lambda: child.poll() is not None or _answers(url + "_stcore/health"), 60, "the review app started")
+        assert child.poll() is None, (cfg.paths.resolve("data") / "review-app.log").read_text()
+        yield url
+    finally:
+        child.send_signal(signal.SIGTERM)
+        try:
+            child.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            child.kill()
+            child.wait()
+        log.close()
+
+
+def _choose(page, label: str, option: str) -> None:
+    """Pick an option of the Streamlit selectbox with this label."""
+    page.locator('[data-testid="stSelectbox"]').filter(has_text=label).first.click()
+    page.get_by_role("option", name=option).first.click()
+
+
+def test_reviewer_fixes_a_document_in_the_browser(processed: PaperloopConfig, review_app: str) -> None:
+    cfg = processed
+    database = cfg.paths.database
+    first, second = (r for r in sqlite3.connect(database).execute(
+        "SELECT id, text FROM segments WHERE page = 1 ORDER BY position LIMIT 2").fetchall())
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    with playwright_api.sync_playwright() as p, tempfile.TemporaryDirectory() as profile:
+        browser = p.chromium.launch_persistent_context(
+            profile, executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS,
+            viewport={"width": 1600, "height": 1400})
+        try:
+            page = browser.pages[0] if browser.pages else browser.new_page()
+            page.set_default_timeout(int(os.environ.get("PAPERLOOP_UI_TIMEOUT_MS", "30000")))
+            page.goto(review_app)
+            page.get_by_label("Your name").fill("alice")
+            page.get_by_role("textbox", name="Password").fill("not it")
+            page.get_by_role("button", name="Log in").click()
+            page.get_by_text("Wrong name or password").wait_for()
+            page.get_by_role("textbox", name="Password").fill(PASSWORD)
+            page.get_by_role("button", name="Log in").click()
+            page.get_by_text("Review queue").first.wait_for()
+            page.get_by_role("button", name="Start with the next document").click()
+            page.get_by_role("button", name="Accept & next").wait_for()
+
+            # select the first box on the page image; correct its text and label
+            editor = page.frame_locator("iframe[title*='box_editor']")
+            editor.locator(f"g[data-id='{first[0]}'] rect.body").click()
+            text = page.get_by_label("Text", exact=True)
+            playwright_api.expect(text).to_have_value(first[1])
+            text.fill("Corrected by alice")
+            text.press("Enter")
+            page.get_by_text("unsaved changes").wait_for()
+            _choose(page, "Label", "question")
+            page.wait_for_timeout(1500)  # the app runs again
+
+            # draw a box for text the model missed: drag on empty space in the image
+            svg = editor.locator("svg")
+            box = svg.bounding_box()
+            start = (box["x"] + box["width"] * 0.05, box["y"] + box["height"] * 0.965)
+            page.mouse.move(*start)
+            page.mouse.down()
+            page.mouse.move(start[0] + 60, start[1] + 12, steps=5)
+            page.mouse.move(start[0] + 120, start[1] + 20, steps=5)
+            page.mouse.up()
+            editor.locator("g[data-id='p1-r0000']").wait_for()
+
+            # select the first box again and resize it: drag its bottom-right handle
+            editor.locator(f"g[data-id='{first[0]}'] rect.body").click()
+            page.wait_for_timeout(1500)  # the app runs again
+            playwright_api.expect(page.get_by_label("Text", exact=True).first).to_have_value("Corrected by alice")
+            handle = editor.locator("rect.handle[data-handle='se']").bounding_box()
+            page.mouse.move(handle["x"] + handle["width"] / 2, handle["y"] + handle["height"] / 2)
+            page.mouse.down()
+            page.mouse.move(handle["x"] + 30, handle["y"] + 8, steps=5)
+            page.mouse.up()
+            page.wait_for_timeout(1500)
+
+            # link the first box (key) to the second (value)
+            _choose(page, "Value", f"#2 · {second[1][:40]}")
+            page.get_by_role("button", name="Add link").click()
+            page.get_by_text("Key → value links (1)").wait_for()
+            time.sleep(1.0)  # let the image settle before the screenshot
+            page.screenshot(path=str(ARTIFACTS / "review-document-page.png"), full_page=True)
+            page.get_by_role("button", name="Save").first.click()
+            page.get_by_text("Saved doc-").wait_for()
+        except Exception:
+            page.screenshot(path=str(ARTIFACTS / "review-failure.png"), full_page=True)
+            raise
+        finally:
+            browser.close()
+
+    db = sqlite3.connect(database)
+    gold = json.loads(db.execute("SELECT document FROM gold_documents").fetchone()[0])
+    segments = {s["id"]: s for p in gold["pages"] for s in p["segments"]}
+    assert segments[first[0]]["text"] == "Corrected by alice" and segments[first[0]]["label"] == "question"
+    assert "p1-r0000" in segments
+    assert [(link["key"], link["value"]) for link in gold["links"]] == [(first[0], second[0])]
+    rows = db.execute("SELECT reviewer, action, target, before, after, model_versions FROM review_audit").fetchall()
+    actions = {(r[1], r[2]) for r in rows}
+    assert {("text", first[0]), ("label", first[0]), ("add_segment", "p1-r0000"),
+            ("box", first[0]), ("add_link", f"{first[0]}->{second[0]}")} <= actions
+    text_row = next(r for r in rows if r[1] == "text")
+    assert text_row[0] == "alice" and json.loads(text_row[3]) == first[1]
+    assert json.loads(text_row[5]) == {"det": "base", "rec": "base"}
