@@ -42,6 +42,7 @@ from typing import Any  # noqa: E402
 # PaddleX (under PaddleOCR) pings model hosters at import unless told not to.
 os.environ.setdefault("PADDLE_PDX_DISABLE_MODEL_SOURCE_CHECK", "True")
 
+from bench.common import machine_info, versions  # noqa: E402
 from service.config import OcrConfig  # noqa: E402
 from service.evaluation import (  # noqa: E402
     PageEvaluation,
@@ -221,38 +222,6 @@ def evaluate_run(run: EngineRun, annotations: list[Path]) -> dict[str, float]:
 
 
 # --- report ----------------------------------------------------------------------------------
-
-
-def machine_info() -> dict[str, Any]:
-    """CPU model, core counts, RAM and load of this machine."""
-    cpu_model = ""
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            cpu_model = line.split(":", 1)[1].strip()
-            break
-    meminfo = Path("/proc/meminfo").read_text().splitlines()
-    mem_kib = next(int(line.split()[1]) for line in meminfo if line.startswith("MemTotal"))
-    return {
-        "cpu_model": cpu_model,
-        "logical_cores": os.cpu_count(),
-        "usable_cores": len(os.sched_getaffinity(0)),
-        "ram_gib": round(mem_kib / 1024**2, 1),
-        "platform": platform.platform(),
-        "load_average_1_5_15": [round(v, 2) for v in os.getloadavg()],
-    }
-
-
-def versions() -> dict[str, str]:
-    """Versions of Python and the libraries measured."""
-    import cv2
-
-    found = {"python": platform.python_version(), "opencv (cv2)": cv2.__version__}
-    for dist in ("paddlepaddle", "paddleocr", "paddlex", "numpy"):
-        try:
-            found[dist] = metadata.version(dist)
-        except metadata.PackageNotFoundError:
-            found[dist] = "not installed"
-    return found
 
 
 METRIC_FORMATS = {

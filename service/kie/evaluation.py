@@ -81,7 +81,7 @@ def evaluate_end_to_end(predicted: Sequence[Document], gold: Sequence[Document],
         matched = {}
         if gold_lines and lines:
             ious = iou_matrix([np.array(s.box) for s in lines], [g.bbox for g in gold_lines])
-            matched = {lines[m.pred_index].id: gold_lines[m.gold_index] for m in greedy_match(ious, iou)}
+            matched = {lines[m.pred_index].id: gold_lines[m.gt_index] for m in greedy_match(ious, iou)}
         for line in lines:
             if line.label in counts:
                 counts[line.label][1] += 1

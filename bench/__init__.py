@@ -1,0 +1,1 @@
+"""Benchmarks; each writes its results, with machine, versions and date, to bench/results/."""
