@@ -121,7 +121,6 @@ class ReviewConfig(StrictModel):
     uncertainty: Literal["entropy", "margin", "least_confidence"] = "entropy"
     holdout_fraction: float = Field(0.1, ge=0, lt=1)  # share of new gold documents frozen in holdout
     claim_minutes: float = Field(30.0, gt=0)  # a claim not renewed for this long lapses
-    labels: list[str] = ["header", "question", "answer", "other"]  # label schema offered to reviewers
     # Password hashes made by `paperloop review --hash-password`: one shared by every reviewer,
     # and/or one per reviewer name. PAPERLOOP_REVIEW_PASSWORD (plain) takes precedence over the
     # shared one. With none, the app runs on a loopback address only.

@@ -54,6 +54,12 @@ class DetectionCounts:
         p, r = self.precision, self.recall
         return 2 * p * r / (p + r) if p + r else 0.0
 
+    def as_dict(self) -> dict[str, float | int]:
+        """Counts and ratios, rounded for reports."""
+        return {"precision": round(self.precision, 4), "recall": round(self.recall, 4),
+                "hmean": round(self.hmean, 4), "tp": self.matched, "predicted": self.predicted,
+                "gold": self.ground_truth}
+
     def __add__(self, other: DetectionCounts) -> DetectionCounts:
         return DetectionCounts(
             self.matched + other.matched,

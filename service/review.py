@@ -799,24 +799,13 @@ def export_det(documents: Iterable[Document], out_dir: Path, data_dir: Path) -> 
     return {"pages": len(lines), "pages_without_image": skipped}
 
 
-def crop_quad(image: Any, quad: Any) -> Any:
-    """Perspective crop of a 4-point region (as PaddleOCR's ``get_rotate_crop_image``)."""
-    import cv2
-    import numpy as np
-
-    quad = np.asarray(quad, dtype=np.float32)
-    width = max(1, int(max(np.linalg.norm(quad[0] - quad[1]), np.linalg.norm(quad[2] - quad[3]))))
-    height = max(1, int(max(np.linalg.norm(quad[0] - quad[3]), np.linalg.norm(quad[1] - quad[2]))))
-    target = np.array([[0, 0], [width, 0], [width, height], [0, height]], dtype=np.float32)
-    crop = cv2.warpPerspective(image, cv2.getPerspectiveTransform(quad, target), (width, height),
-                               borderMode=cv2.BORDER_REPLICATE, flags=cv2.INTER_CUBIC)
-    return np.rot90(crop) if height / width >= 1.5 else crop
-
-
 def export_rec(documents: Iterable[Document], out_dir: Path, data_dir: Path) -> dict[str, int]:
     """PaddleOCR recognition labels: ``out_dir/rec_gt.txt`` (``crop_img/<name>\\t<text>``) and the
     cropped lines in ``out_dir/crop_img/``; segments without text are left out."""
     import cv2
+    import numpy as np
+
+    from service.ocr.recognizer import crop_quad  # imports Paddle: only when exporting
 
     (out_dir / "crop_img").mkdir(parents=True, exist_ok=True)
     lines, skipped = [], 0
@@ -835,7 +824,7 @@ def export_rec(documents: Iterable[Document], out_dir: Path, data_dir: Path) -> 
                 if not text:
                     continue
                 name = f"{document.id}-p{page.number:03d}_crop_{i}.jpg"
-                cv2.imwrite(str(out_dir / "crop_img" / name), crop_quad(image, segment.box))
+                cv2.imwrite(str(out_dir / "crop_img" / name), crop_quad(image, np.asarray(segment.box, dtype=np.float32)))
                 lines.append(f"crop_img/{name}\t{text}")
     (out_dir / "rec_gt.txt").write_text("".join(line + "\n" for line in lines), encoding="utf-8")
     return {"crops": len(lines), "pages_without_image": skipped}

@@ -38,7 +38,7 @@ def test_ser_scores_leave_out_other_and_count_by_hand() -> None:
     gold = ["question", "answer", "answer", "header", "other"]
     predicted = ["question", "answer", "question", "other", "other"]
     scores = ser_scores(gold, predicted, LABELS)
-    assert (scores["question"].tp, scores["question"].predicted, scores["question"].gold) == (1, 2, 1)
+    assert (scores["question"].matched, scores["question"].predicted, scores["question"].ground_truth) == (1, 2, 1)
     # overall without "other": tp 2 (question, answer), predicted 3, gold 4
     assert scores["overall"].precision == pytest.approx(2 / 3)
     assert scores["overall"].recall == pytest.approx(2 / 4)
@@ -46,7 +46,7 @@ def test_ser_scores_leave_out_other_and_count_by_hand() -> None:
 
 def test_a_link_needs_the_right_direction() -> None:
     scores = link_scores([("q1", "a1"), ("q2", "a2")], [("q1", "a1"), ("a2", "q2")])
-    assert (scores.tp, scores.predicted, scores.gold) == (1, 2, 2)
+    assert (scores.matched, scores.predicted, scores.ground_truth) == (1, 2, 2)
 
 
 def test_ece_of_perfectly_calibrated_and_overconfident_predictions() -> None:

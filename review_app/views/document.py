@@ -34,8 +34,8 @@ def _touch(selected: str | None = "keep") -> None:
 
 
 def _labels(cfg: PaperloopConfig, draft: Document) -> list[str]:
-    extra = sorted({s.label for s in draft.segments if s.label and s.label not in cfg.review.labels})
-    return [*cfg.review.labels, *extra]
+    extra = sorted({s.label for s in draft.segments if s.label and s.label not in cfg.kie.labels})
+    return [*cfg.kie.labels, *extra]
 
 
 # -- callbacks (run before the page is drawn again) ---------------------------------------------

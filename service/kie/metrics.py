@@ -3,41 +3,16 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
 
 import numpy as np
+
+from service.evaluation import DetectionCounts
 
 IGNORED_LABEL = "other"  # FUNSD convention (seqeval over B-/I- tags): "other" is not an entity
 
 
-@dataclass(frozen=True)
-class PRF:
-    """Precision, recall and their harmonic mean from counts."""
-
-    tp: int
-    predicted: int
-    gold: int
-
-    @property
-    def precision(self) -> float:
-        """Correct predictions / predictions."""
-        return self.tp / self.predicted if self.predicted else 0.0
-
-    @property
-    def recall(self) -> float:
-        """Correct predictions / gold items."""
-        return self.tp / self.gold if self.gold else 0.0
-
-    @property
-    def hmean(self) -> float:
-        """F1."""
-        p, r = self.precision, self.recall
-        return 2 * p * r / (p + r) if p + r else 0.0
-
-    def as_dict(self) -> dict[str, float | int]:
-        """Counts and ratios, rounded for reports."""
-        return {"precision": round(self.precision, 4), "recall": round(self.recall, 4),
-                "hmean": round(self.hmean, 4), "tp": self.tp, "predicted": self.predicted, "gold": self.gold}
+# Precision / recall / Hmean from (correct, predicted, gold) counts: the same arithmetic as detection.
+PRF = DetectionCounts
 
 
 def ser_scores(gold: Sequence[str], predicted: Sequence[str], labels: Sequence[str],
@@ -50,7 +25,7 @@ def ser_scores(gold: Sequence[str], predicted: Sequence[str], labels: Sequence[s
         tp = sum(g == p == label for g, p in zip(gold, predicted))
         result[label] = PRF(tp, sum(p == label for p in predicted), sum(g == label for g in gold))
     counted = [label for label in labels if label != ignored]
-    result["overall"] = PRF(*(sum(getattr(result[c], f) for c in counted) for f in ("tp", "predicted", "gold")))
+    result["overall"] = sum((result[c] for c in counted), PRF(0, 0, 0))
     return result
 
 

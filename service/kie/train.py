@@ -99,13 +99,34 @@ def with_label_probs(examples: Sequence[Example], probabilities: Sequence[np.nda
     return [Example(e.features, e.labels, e.links, p.astype(np.float32)) for e, p in zip(examples, probabilities)]
 
 
-def noisy_label_probs(examples: Sequence[Example], rng: np.random.Generator, flip: float = 0.1) -> list[Example]:
-    """Training copies whose gold label input is smoothed and sometimes wrong, as SER's will be."""
+def label_confusion(examples: Sequence[Example], probabilities: Sequence[np.ndarray], num_labels: int) -> np.ndarray:
+    """Row-normalized confusion matrix P(predicted | gold) of a label source on labelled examples."""
+    counts = np.ones((num_labels, num_labels)) * 0.5  # a little smoothing: every confusion possible
+    for e, p in zip(examples, probabilities):
+        keep = e.labels != IGNORE
+        np.add.at(counts, (e.labels[keep], p[keep].argmax(axis=1)), 1.0)
+    return counts / counts.sum(axis=1, keepdims=True)
+
+
+def noisy_label_probs(examples: Sequence[Example], rng: np.random.Generator,
+                      confusion: np.ndarray | None = None, flip: float = 0.1) -> list[Example]:
+    """Training copies whose label input looks like SER's output rather than the gold.
+
+    With ``confusion`` (P(SER says j | gold i), measured on validation) each segment's label is
+    re-drawn from SER's real mistakes; without it a uniform ``flip`` rate is used. The chosen label
+    gets a random confidence, the rest is spread evenly.
+    """
     noisy = []
     for e in examples:
-        probs = e.label_probs * 0.85 + 0.15 / e.label_probs.shape[1]
-        wrong = rng.random(len(probs)) < flip
-        probs[wrong] = rng.dirichlet(np.ones(probs.shape[1]), size=int(wrong.sum())).astype(np.float32)
+        n, k = e.label_probs.shape
+        gold = e.label_probs.argmax(axis=1)
+        if confusion is not None:
+            drawn = np.array([rng.choice(k, p=confusion[g]) for g in gold])
+        else:
+            drawn = np.where(rng.random(n) < flip, rng.integers(0, k, n), gold)
+        confidence = rng.uniform(0.4, 1.0, n)
+        probs = np.tile(((1.0 - confidence) / max(k - 1, 1))[:, None], (1, k))
+        probs[np.arange(n), drawn] = confidence
         noisy.append(Example(e.features, e.labels, e.links, probs.astype(np.float32)))
     return noisy
 

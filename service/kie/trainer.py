@@ -101,10 +101,13 @@ def train_re(train_docs: Sequence[Document], val_docs: Sequence[Document], label
     rng = np.random.default_rng(settings.seed)
     train = [T.make_example(d, labels) for d in training_documents(list(train_docs), with_lines)]
     val = [T.make_example(d, labels) for d in val_docs]
+    confusion = None
     if val_label_source is not None:
-        val = T.with_label_probs(val, val_label_source(val))
+        predicted = val_label_source(val)
+        confusion = T.label_confusion(val, predicted, len(labels))
+        val = T.with_label_probs(val, predicted)
     model = ReModel(len(labels), **settings.encoder_args())
-    history = T.fit(model, T.re_loss, T.noisy_label_probs(train, rng), settings,
+    history = T.fit(model, T.re_loss, T.noisy_label_probs(train, rng, confusion), settings,
                     lambda: T.re_evaluate(T.re_logits(model, val), val, 0.5).hmean, progress)
     logits = T.re_logits(model, val)
     temperature = T.re_temperature(logits, val)
