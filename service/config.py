@@ -133,7 +133,7 @@ class ReviewConfig(StrictModel):
 class KieTrainingConfig(StrictModel):
     """Hyper-parameters of ``paperloop train ser|re`` (chosen on a split of FUNSD's training set)."""
 
-    epochs: int = Field(30, ge=1)
+    epochs: int = Field(15, ge=1)
     batch_size: int = Field(4, ge=1)
     learning_rate: float = Field(1e-3, gt=0)
     weight_decay: float = Field(0.01, ge=0)
@@ -147,6 +147,17 @@ class KieTrainingConfig(StrictModel):
     line_augmentation: bool = True  # also train on gold entities split into lines, as OCR sees them
 
 
+class LayoutXLMConfig(StrictModel):
+    """Use pretrained LayoutXLM / VI-LayoutXLM weights from local folders instead of the graph models.
+
+    Each folder holds a paddlenlp checkpoint (config, weights, ``sentencepiece.bpe.model``), as
+    PaddleOCR's KIE models are saved. Nothing is ever downloaded.
+    """
+
+    ser_dir: Path | None = None
+    re_dir: Path | None = None
+
+
 class KieConfig(StrictModel):
     """Key information extraction: the label schema and how links are decided."""
 
@@ -155,6 +166,7 @@ class KieConfig(StrictModel):
     multiple_values: bool = True  # a key may link to several values (FUNSD: yes)
     link_threshold: float | None = Field(None, gt=0, lt=1)  # None: the model's own, tuned on validation
     training: KieTrainingConfig = KieTrainingConfig()
+    layoutxlm: LayoutXLMConfig = LayoutXLMConfig()
 
     @model_validator(mode="after")
     def _other_is_a_label(self) -> "KieConfig":

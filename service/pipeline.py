@@ -10,7 +10,7 @@ from PIL import Image
 
 from service.config import PaperloopConfig
 from service.document import Document, Page, Segment
-from service.kie.inference import KieModels
+from service.kie.inference import KieModels, LayoutXLMModels
 from service.ocr import OcrEngine, OcrLine
 from service.rasterize import iter_pages, probe
 from service.registry import ModelRegistry
@@ -47,8 +47,12 @@ class DocumentPipeline:
         self.cfg = cfg
         registry = ModelRegistry(cfg.paths.resolve("models"))
         self.ocr = ocr or OcrEngine(registry, cfg.ocr)
-        self.kie = KieModels(registry, threads=cfg.ocr.threads, multiple_values=cfg.kie.multiple_values,
-                             link_threshold=cfg.kie.link_threshold)
+        self.kie: KieModels | LayoutXLMModels = KieModels(
+            registry, threads=cfg.ocr.threads, multiple_values=cfg.kie.multiple_values,
+            link_threshold=cfg.kie.link_threshold)
+        pretrained = cfg.kie.layoutxlm
+        if pretrained.ser_dir or pretrained.re_dir:
+            self.kie = LayoutXLMModels(self.kie, cfg.kie.labels, pretrained.ser_dir, pretrained.re_dir)
         self.pages_dir = cfg.paths.resolve("data") / "pages"
 
     def process_file(self, path: Path, document_id: str, sha256: str, source_name: str) -> Document:

@@ -166,3 +166,12 @@ def test_pipeline_output_has_labels_and_key_values(quick_models: dict, tmp_path:
     stored = store.document(outcome.job.document_id)
     assert stored.links and stored.links[0].re_version == quick_models["versions"]["re"]
     assert stored.segments[0].ser_version == quick_models["versions"]["ser"]
+
+
+def test_training_is_reproducible_with_a_seed() -> None:
+    forms = _funsd("training", 4)
+    settings = T.TrainSettings(epochs=1, dim=32, layers=1, heads=2, embed_dim=16, seed=3)
+    first = train_ser(forms[:3], forms[3:], LABELS, settings, with_lines=False, progress=False)
+    second = train_ser(forms[:3], forms[3:], LABELS, settings, with_lines=False, progress=False)
+    example = [T.make_example(forms[3], LABELS)]
+    assert np.array_equal(T.ser_logits(first.model, example)[0], T.ser_logits(second.model, example)[0])

@@ -190,3 +190,15 @@ def test_compat_refuses_downloads_and_keeps_paddleocr_importable() -> None:
         aistudio_sdk.hub.download(repo_id="PaddlePaddle/layoutxlm", filename="model_state.pdparams")
     assert huggingface_hub.constants.HF_HUB_OFFLINE is True
     from paddleocr import TextDetection  # noqa: F401 - paddleocr must still import beside paddlenlp
+
+
+def test_pipeline_uses_layoutxlm_from_config(checkpoints: dict[str, Path], cfg, ocr_engine,
+                                             funsd_page_path: Path) -> None:
+    from service.pipeline import DocumentPipeline
+
+    cfg.kie.layoutxlm.ser_dir = checkpoints["ser"]
+    cfg.kie.layoutxlm.re_dir = checkpoints["re"]
+    document = DocumentPipeline(cfg, ocr_engine).process_file(funsd_page_path, "doc-000001", "0" * 64, "form.png")
+    assert document.model_versions["ser"] == "layoutxlm:ser" and document.model_versions["re"] == "layoutxlm:re"
+    assert all(s.label in cfg.kie.labels and s.ser_version == "layoutxlm:ser" for s in document.segments)
+    assert all(link.re_version == "layoutxlm:re" for link in document.links)

@@ -153,3 +153,34 @@ class KieModels:
 def temporary_export_dir() -> tempfile.TemporaryDirectory:
     """A scratch folder for an export before it is copied into the registry."""
     return tempfile.TemporaryDirectory(prefix="paperloop-export-")
+
+
+class LayoutXLMModels:
+    """SER / RE from local LayoutXLM checkpoints (``kie.layoutxlm``), with KieModels' interface.
+
+    A task without a folder falls back to the graph model in service for it, if any.
+    """
+
+    def __init__(self, fallback: KieModels, labels: Sequence[str], ser_dir: Path | None, re_dir: Path | None) -> None:
+        from service.kie.layoutxlm import LayoutXLMRe, LayoutXLMSer
+
+        self._fallback = fallback
+        self._ser = LayoutXLMSer.from_pretrained(ser_dir, list(labels)) if ser_dir else None
+        self._re = LayoutXLMRe.from_pretrained(re_dir, list(labels)) if re_dir else None
+        self._versions = {task: f"layoutxlm:{Path(folder).name}"
+                          for task, folder in (("ser", ser_dir), ("re", re_dir)) if folder}
+
+    def predict(self, document: Document, page_images: dict[int, np.ndarray] | None = None) -> Document:
+        """Label with LayoutXLM SER (or the graph SER), then link with LayoutXLM RE (or the graph RE)."""
+        if self._ser is None:
+            self._fallback.predict(document)
+        else:
+            self._ser.predict(document)
+            for segment in document.segments:
+                segment.ser_version = self._versions["ser"]
+        if self._re is not None:
+            self._re.predict(document)
+            for link in document.links:
+                link.re_version = self._versions["re"]
+        document.model_versions.update(self._versions)
+        return document
