@@ -40,7 +40,8 @@ from service.funsd import split_pairs  # noqa: E402
 from service.kie import train as T  # noqa: E402
 from service.kie.evaluation import evaluate_end_to_end, evaluate_gold, unlabelled_copy  # noqa: E402
 from service.kie.inference import KieModels  # noqa: E402
-from service.kie.trainer import register, ser_label_source, split_validation, train_re, train_ser  # noqa: E402
+from service.kie.trainer import (  # noqa: E402
+    register, ser_label_source, settings_from_config, split_validation, train_re, train_ser)
 from service.pipeline import DocumentPipeline  # noqa: E402
 from service.registry import ModelRegistry  # noqa: E402
 
@@ -56,14 +57,6 @@ def load(split: str) -> tuple[list[Document], list[Path]]:
     """FUNSD gold documents and their images."""
     pairs = split_pairs(split)
     return [read_funsd(annotation, image) for image, annotation in pairs], [image for image, _ in pairs]
-
-
-def settings_from(kie: KieConfig, epochs: int | None) -> T.TrainSettings:
-    """Training settings from the config (the same ones `paperloop train` uses)."""
-    t = kie.training
-    return T.TrainSettings(epochs=epochs or t.epochs, batch_size=t.batch_size, learning_rate=t.learning_rate,
-                           weight_decay=t.weight_decay, dim=t.dim, layers=t.layers, heads=t.heads,
-                           embed_dim=t.embed_dim, dropout=t.dropout, seed=t.seed)
 
 
 def gold_label_re(trained_re: Any, documents: list[Document], labels: list[str]) -> dict[str, Any]:
@@ -100,7 +93,7 @@ def run(epochs: int | None) -> dict[str, Any]:
     """Train, evaluate in both settings, and collect the report."""
     kie_cfg = KieConfig()
     labels = kie_cfg.labels
-    settings = settings_from(kie_cfg, epochs)
+    settings = settings_from_config(kie_cfg, epochs)
     train_docs, _ = load("training")
     test_docs, test_images = load("testing")
     train, val = split_validation(train_docs, kie_cfg.training.validation_fraction, settings.seed)

@@ -10,7 +10,7 @@ from pathlib import Path
 import click
 
 from service.config import ConfigError, PaperloopConfig, dump_config, load_config
-from service.registry import TASKS, ModelRegistry
+from service.registry import TASKS, ModelRegistry, RegistryError
 from service.store import Store
 
 
@@ -136,6 +136,21 @@ def models_list(cfg: PaperloopConfig, task: str | None) -> None:
             headline = {k: round(v, 4) for k, v in card.metrics.items() if k in ("hmean", "ece") and v is not None}
             click.echo(f"{mark} {name:<4} {version:<24} {card.created_at[:19]}  {card.model_name}  "
                        f"{json.dumps(headline) if headline else ''}")
+
+
+@models.command("promote")
+@click.argument("task", type=click.Choice(TASKS))
+@click.argument("version")
+@click.pass_obj
+def models_promote(cfg: PaperloopConfig, task: str, version: str) -> None:
+    """Put VERSION of TASK in service (the daemon uses it from its next document)."""
+    registry = ModelRegistry(cfg.paths.resolve("models"))
+    previous = registry.current_version(task)
+    try:
+        registry.set_current(task, version)
+    except RegistryError as exc:
+        raise click.ClickException(str(exc)) from exc
+    click.echo(f"{task}: {previous or '(none)'} → {version}")
 
 
 @cli.command("show-config")

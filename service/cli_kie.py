@@ -4,29 +4,17 @@ from __future__ import annotations
 
 import copy
 import json
-import logging
 
 import click
 
-from service.config import KieConfig, PaperloopConfig
+from service.config import PaperloopConfig
 from service.document import Document
-from service.kie import train as T
 from service.kie.evaluation import evaluate_gold
 from service.kie.inference import KieModels
-from service.kie.trainer import TrainedModel, register, ser_label_source, split_validation, train_re, train_ser
+from service.kie.trainer import TrainedModel, register, settings_from_config, split_validation, train_re, train_ser
 from service.labels import LabelStore
 from service.registry import ModelRegistry
 from service.store import Store
-
-log = logging.getLogger(__name__)
-
-
-def _settings(kie: KieConfig, epochs: int | None, seed: int | None) -> T.TrainSettings:
-    t = kie.training
-    return T.TrainSettings(epochs=epochs or t.epochs, batch_size=t.batch_size, learning_rate=t.learning_rate,
-                           weight_decay=t.weight_decay, dim=t.dim, layers=t.layers, heads=t.heads,
-                           embed_dim=t.embed_dim, dropout=t.dropout, seed=t.seed if seed is None else seed)
-
 
 def _train_and_validation(cfg: PaperloopConfig, labels: LabelStore) -> tuple[list[Document], list[Document]]:
     train, holdout = labels.documents("train"), labels.documents("holdout")
@@ -55,7 +43,7 @@ def train(cfg: PaperloopConfig, task: str, epochs: int | None, seed: int | None,
     store = Store(cfg.paths.database)
     registry = ModelRegistry(cfg.paths.resolve("models"))
     train_docs, val_docs = _train_and_validation(cfg, LabelStore(store))
-    settings = _settings(cfg.kie, epochs, seed)
+    settings = settings_from_config(cfg.kie, epochs, seed)
     click.echo(f"training {task} on {len(train_docs)} documents, validating on {len(val_docs)}")
     with_lines = cfg.kie.training.line_augmentation
     if task == "ser":
@@ -67,8 +55,6 @@ def train(cfg: PaperloopConfig, task: str, epochs: int | None, seed: int | None,
             source = lambda _examples: [kie.label(copy.deepcopy(d)) for d in val_docs]  # noqa: E731
         trained = train_re(train_docs, val_docs, cfg.kie.labels, settings, source, with_lines)
     version = register(trained, registry, promote)
-    for epoch in trained.history.epochs:
-        log.info("epoch %(epoch)d loss %(loss).4f validation Hmean %(val_hmean).4f", epoch)
     _report(trained, version, registry)
 
 

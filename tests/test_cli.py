@@ -53,3 +53,33 @@ def test_invalid_config_is_a_clear_error(tmp_path: Path) -> None:
     config.write_text("paths:\n  inbox: x\n  outbox: y\n")
     result = CliRunner().invoke(cli, ["--config", str(config), "status"])
     assert result.exit_code == 1 and "outbox" in result.output
+
+
+def test_models_promote_switches_and_rejects_unknown_versions(cfg: PaperloopConfig) -> None:
+    assert _invoke(cfg, "models", "promote", "det", "base").output.strip() == "det: base → base"
+    result = CliRunner().invoke(cli, ["--config", str(cfg.paths.resolve("data") / "config.yaml"),
+                                      "models", "promote", "det", "v9"])
+    assert result.exit_code == 1 and "no version 'v9'" in result.output
+
+
+def test_train_and_eval_commands_on_gold_labels(cfg: PaperloopConfig) -> None:
+    from service.formats import read_funsd
+    from service.funsd import split_pairs
+    from service.labels import LabelStore
+    from service.store import Store
+
+    from conftest import FUNSD_ROOT
+
+    labels = LabelStore(Store(cfg.paths.database))
+    for split, source, count in (("train", "training", 6), ("test", "testing", 2)):
+        for image, annotation in split_pairs(source, FUNSD_ROOT)[:count]:
+            labels.put(read_funsd(annotation, image), "funsd", split)
+    cfg.kie.training.dim, cfg.kie.training.layers, cfg.kie.training.embed_dim = 32, 1, 16
+    trained = _invoke(cfg, "train", "ser", "--epochs", "2")
+    assert "training ser on 5 documents, validating on 1" in trained.output and "(in service)" in trained.output
+    assert "(in service)" in _invoke(cfg, "train", "re", "--epochs", "2").output
+    report = json.loads(_invoke(cfg, "eval", "ser", "--json").output)
+    assert set(report["versions"]) == {"ser", "re"} and 0 <= report["hmean"] <= 1
+    assert report["scores"]["overall"]["gold"] > 0
+    again = _invoke(cfg, "train", "ser", "--epochs", "1")
+    assert "not in service" in again.output  # a second model waits for promotion

@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 import paddle
 
+from service.config import KieConfig
 from service.document import Document
 from service.kie import train as T
 from service.kie.data import training_documents
@@ -36,6 +37,14 @@ class TrainedModel:
     data_counts: dict[str, int]
     settings: T.TrainSettings
     history: T.History = field(default_factory=T.History)
+
+
+def settings_from_config(kie: KieConfig, epochs: int | None = None, seed: int | None = None) -> T.TrainSettings:
+    """Training settings from ``kie.training``, optionally overriding epochs and seed."""
+    t = kie.training
+    return T.TrainSettings(epochs=epochs or t.epochs, batch_size=t.batch_size, learning_rate=t.learning_rate,
+                           weight_decay=t.weight_decay, dim=t.dim, layers=t.layers, heads=t.heads,
+                           embed_dim=t.embed_dim, dropout=t.dropout, seed=t.seed if seed is None else seed)
 
 
 def split_validation(documents: Sequence[Document], fraction: float, seed: int) -> tuple[list[Document], list[Document]]:
