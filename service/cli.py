@@ -47,7 +47,16 @@ def serve(cfg: PaperloopConfig) -> None:
     from service.daemon import Daemon
 
     _ensure_models(cfg)
-    Daemon(cfg, _store(cfg)).run()
+    scheduler = None
+    if cfg.learning.enabled:
+        from service.learning import start_scheduler
+
+        scheduler = start_scheduler(cfg)
+    try:
+        Daemon(cfg, _store(cfg)).run()
+    finally:
+        if scheduler is not None:
+            scheduler.shutdown(wait=False)
 
 
 @cli.command()
@@ -151,6 +160,20 @@ def models_promote(cfg: PaperloopConfig, task: str, version: str) -> None:
     except RegistryError as exc:
         raise click.ClickException(str(exc)) from exc
     click.echo(f"{task}: {previous or '(none)'} → {version}")
+
+
+@models.command("rollback")
+@click.argument("task", type=click.Choice(TASKS))
+@click.pass_obj
+def models_rollback(cfg: PaperloopConfig, task: str) -> None:
+    """Put back the version the one in service was trained from (its card's parent)."""
+    registry = ModelRegistry(cfg.paths.resolve("models"))
+    current = registry.current_version(task)
+    parent = registry.card(task, current).parent if current else None
+    if parent is None:
+        raise click.ClickException(f"{task} {current or '(none)'} has no parent version to roll back to")
+    registry.set_current(task, parent)
+    click.echo(f"{task}: {current} → {parent}")
 
 
 @cli.command("show-config")

@@ -17,11 +17,10 @@ from service.registry import ModelRegistry
 from service.store import Store
 
 def _train_and_validation(cfg: PaperloopConfig, labels: LabelStore) -> tuple[list[Document], list[Document]]:
-    train, holdout = labels.documents("train"), labels.documents("holdout")
+    """A seeded split of the train split; the holdout split is kept for evaluation and the gate."""
+    train = labels.documents("train")
     if not train:
         raise click.ClickException("no gold documents in the train split; `paperloop import` some first")
-    if holdout:
-        return train, holdout
     return split_validation(train, cfg.kie.training.validation_fraction, cfg.kie.training.seed)
 
 
@@ -33,13 +32,28 @@ def _report(trained: TrainedModel, version: str, registry: ModelRegistry) -> Non
 
 
 @click.command("train")
-@click.argument("task", type=click.Choice(["ser", "re"]))
+@click.argument("task", type=click.Choice(["ser", "re"]), required=False)
+@click.option("--now", is_flag=True, help="Run the scheduled learning job now (train, gate on holdout, promote).")
+@click.option("--force", is_flag=True, help="With --now: train even without enough new gold documents.")
 @click.option("--epochs", type=int, default=None, help="Override kie.training.epochs.")
 @click.option("--seed", type=int, default=None, help="Override kie.training.seed.")
 @click.option("--promote", is_flag=True, help="Put the new version in service even if one already is.")
 @click.pass_obj
-def train(cfg: PaperloopConfig, task: str, epochs: int | None, seed: int | None, promote: bool) -> None:
-    """Train SER or RE on the gold labels and store the model in the registry."""
+def train(cfg: PaperloopConfig, task: str | None, now: bool, force: bool, epochs: int | None, seed: int | None,
+          promote: bool) -> None:
+    """Train SER or RE on the gold labels and store the model in the registry.
+
+    With --now, run the learning job instead: every task in `learning.tasks`, gated on holdout.
+    """
+    if now:
+        from service.learning import run_learning_job
+
+        for run in run_learning_job(cfg, force):
+            click.echo(f"{run.task}: {run.status} — {run.reason}"
+                       + (f" (candidate {run.candidate})" if run.candidate else ""))
+        return
+    if task is None:
+        raise click.UsageError("name a TASK (ser or re), or use --now")
     store = Store(cfg.paths.database)
     registry = ModelRegistry(cfg.paths.resolve("models"))
     train_docs, val_docs = _train_and_validation(cfg, LabelStore(store))

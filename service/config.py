@@ -177,6 +177,21 @@ class KieConfig(StrictModel):
         return self
 
 
+class LearningConfig(StrictModel):
+    """The scheduled learning job: retrain on new gold labels, promote only what is better."""
+
+    enabled: bool = True  # schedule the job inside `paperloop serve`
+    trigger: Literal["interval", "cron"] = "interval"
+    interval_hours: float = Field(24.0, gt=0)
+    cron: str = "0 2 * * *"  # minute hour day month weekday, used when trigger is "cron"
+    misfire_grace_seconds: int = Field(3600, ge=1)
+    tasks: list[Literal["ser", "re"]] = ["ser", "re"]
+    min_new_documents: int = Field(20, ge=0)  # new gold documents since the task's last run
+    margin: float = Field(0.005, ge=0)  # the main metric must improve by at least this
+    tolerance: float = Field(0.01, ge=0)  # no other metric of the task may fall by more
+    nice: int = Field(10, ge=0, le=19)  # training runs in a child process at this priority
+
+
 class PaperloopConfig(StrictModel):
     """The whole configuration."""
 
@@ -187,6 +202,7 @@ class PaperloopConfig(StrictModel):
     routing: RoutingConfig = RoutingConfig()
     review: ReviewConfig = ReviewConfig()
     kie: KieConfig = KieConfig()
+    learning: LearningConfig = LearningConfig()
 
 
 def load_config(path: Path | None = None) -> PaperloopConfig:

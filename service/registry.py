@@ -105,6 +105,11 @@ class ModelRegistry:
         path = self.task_dir(task) / version / "card.json"
         return ModelCard.from_dict(json.loads(path.read_text(encoding="utf-8")))
 
+    def update_card(self, card: ModelCard) -> None:
+        """Rewrite an existing version's card (e.g. to record the evaluation that gated it)."""
+        self.version_dir(card.task, card.version)
+        _atomic_write_text(self.task_dir(card.task) / card.version / "card.json", json.dumps(asdict(card), indent=2))
+
     def inference_config(self, task: str, version: str) -> dict[str, Any]:
         """The version's ``inference.yml`` as a dict."""
         path = self.version_dir(task, version) / "inference.yml"

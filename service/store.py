@@ -119,11 +119,20 @@ def _migration_3(db: sqlite_utils.Database) -> None:
     db["review_audit"].create_index(["document_id", "at"])
 
 
+def _migration_4(db: sqlite_utils.Database) -> None:
+    db["learning_runs"].create({
+        "id": int, "task": str, "started_at": str, "finished_at": str, "status": str, "reason": str,
+        "candidate": str, "current": str, "new_documents": int, "metrics": str,
+    }, pk="id")
+    db["learning_runs"].create_index(["task", "started_at"])
+
+
 # Append-only: a migration, once released, is never edited; add a new one instead.
 MIGRATIONS: list[tuple[str, Callable[[sqlite_utils.Database], None]]] = [
     ("0001_jobs_documents_pages_segments", _migration_1),
     ("0002_labels_links_gold", _migration_2),
     ("0003_review_queue_claims_audit", _migration_3),
+    ("0004_learning_runs", _migration_4),
 ]
 
 

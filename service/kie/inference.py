@@ -68,8 +68,8 @@ def softmax(logits: np.ndarray, temperature: float = 1.0, axis: int = -1) -> np.
 class _LoadedModel:
     """One exported KIE model with its post-processing settings."""
 
-    def __init__(self, registry: ModelRegistry, task: str, threads: int) -> None:
-        self.version, folder = registry.current_dir(task)
+    def __init__(self, registry: ModelRegistry, task: str, version: str, threads: int) -> None:
+        self.version, folder = version, registry.version_dir(task, version)
         post = registry.inference_config(task, self.version)["PostProcess"]
         self.labels: list[str] = list(post["label_list"])
         self.temperature = float(post["temperature"])
@@ -88,8 +88,10 @@ class KieModels:
     """The SER and RE versions in service; ``refresh()`` follows the ``current`` pointers."""
 
     def __init__(self, registry: ModelRegistry, threads: int = 2, multiple_values: bool = True,
-                 link_threshold: float | None = None) -> None:
+                 link_threshold: float | None = None, pinned: dict[str, str] | None = None) -> None:
+        """``pinned`` fixes a task's version (e.g. a candidate under evaluation) instead of ``current``."""
         self._registry = registry
+        self._pinned = dict(pinned or {})
         self._threads = threads
         self._multiple_values = multiple_values
         self._link_threshold = link_threshold
@@ -101,12 +103,12 @@ class KieModels:
         """Load whatever SER/RE versions are in service now; returns them (empty when none)."""
         with self._lock:
             for task in ("ser", "re"):
-                version = self._registry.current_version(task)
+                version = self._pinned.get(task) or self._registry.current_version(task)
                 loaded = getattr(self, task)
                 if version is None:
                     setattr(self, task, None)
                 elif loaded is None or loaded.version != version:
-                    setattr(self, task, _LoadedModel(self._registry, task, self._threads))
+                    setattr(self, task, _LoadedModel(self._registry, task, version, self._threads))
             return {t: m.version for t, m in (("ser", self.ser), ("re", self.re)) if m is not None}
 
     def label(self, document: Document) -> np.ndarray | None:

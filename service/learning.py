@@ -1,0 +1,202 @@
+"""The learning loop for SER and RE: retrain on new gold labels, gate on the holdout set, promote.
+
+A run (scheduled inside ``paperloop serve`` by APScheduler, or ``paperloop train --now``) does, per
+task: skip when fewer than ``learning.min_new_documents`` gold documents arrived since the task's
+last run; train a candidate with the same code as ``paperloop train``; evaluate candidate and the
+version in service on the frozen ``holdout`` split (never trained on, never used for model
+selection); promote only when the Hmean improves by ``margin`` and no other metric of the task
+falls by more than ``tolerance``. Promotion is the atomic switch of ``current``; a failed or killed
+run leaves the versions in service untouched. Every run is recorded in ``learning_runs``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import subprocess
+import sys
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from service.config import PaperloopConfig, dump_config
+from service.document import Document
+from service.kie.evaluation import evaluate_gold
+from service.kie.inference import KieModels
+from service.kie.trainer import register, settings_from_config, split_validation, train_re, train_ser
+from service.labels import LabelStore
+from service.registry import ModelRegistry
+from service.store import Store, utc_now
+
+log = logging.getLogger(__name__)
+JOB_ID = "paperloop-learning"
+
+
+@dataclass
+class TaskRun:
+    """What one run did for one task."""
+
+    task: str
+    status: str  # "promoted" | "rejected" | "skipped" | "failed"
+    reason: str
+    candidate: str | None = None
+    current: str | None = None
+    new_documents: int = 0
+    metrics: dict[str, Any] = field(default_factory=dict)
+
+
+def holdout_metrics(cfg: PaperloopConfig, registry: ModelRegistry, task: str, pinned: dict[str, str],
+                    documents: list[Document]) -> dict[str, float]:
+    """The task's metrics on gold documents with the given versions: Hmean first, then the rest."""
+    kie = KieModels(registry, multiple_values=cfg.kie.multiple_values, link_threshold=cfg.kie.link_threshold,
+                    pinned=pinned)
+    report = evaluate_gold(kie, documents, cfg.kie.labels, cfg.kie.other_label)
+    if task == "ser":
+        per_label = {f"{label}_hmean": report["ser"]["scores"][label]["hmean"]
+                     for label in cfg.kie.labels if label != cfg.kie.other_label}
+        return {"hmean": report["ser"]["hmean"], **per_label}
+    links = report["re"]["scores"]["links"]
+    return {"hmean": report["re"]["hmean"], "precision": links["precision"], "recall": links["recall"]}
+
+
+def gate(candidate: dict[str, float], current: dict[str, float] | None, margin: float,
+         tolerance: float) -> tuple[bool, str]:
+    """Whether a candidate may replace the version in service, and why."""
+    if current is None:
+        return True, "no version in service"
+    gain = candidate["hmean"] - current["hmean"]
+    if gain < margin:
+        return False, f"Hmean {candidate['hmean']:.4f} vs {current['hmean']:.4f} ({gain:+.4f} < margin {margin})"
+    drops = [f"{k} {current[k]:.4f} → {candidate.get(k, 0.0):.4f}" for k in current
+             if k != "hmean" and candidate.get(k, 0.0) < current[k] - tolerance]
+    if drops:
+        return False, f"Hmean +{gain:.4f} but beyond tolerance {tolerance}: {', '.join(drops)}"
+    return True, f"Hmean {current['hmean']:.4f} → {candidate['hmean']:.4f}"
+
+
+def new_documents_since(store: Store, since: str | None) -> int:
+    """Gold documents of the train split added or changed after ``since`` (all when ``None``)."""
+    with store.transaction() as db:
+        if since is None:
+            return db.execute("SELECT COUNT(*) FROM gold_documents WHERE split = 'train'").fetchone()[0]
+        return db.execute("SELECT COUNT(*) FROM gold_documents WHERE split = 'train' AND updated_at > ?",
+                          [since]).fetchone()[0]
+
+
+def last_trained_at(store: Store, task: str) -> str | None:
+    """Start time of the task's last run that trained a candidate."""
+    with store.transaction() as db:
+        row = db.execute("SELECT MAX(started_at) FROM learning_runs WHERE task = ? AND status IN ('promoted', 'rejected')",
+                         [task]).fetchone()
+    return row[0] if row else None
+
+
+def _record(store: Store, run: TaskRun, started_at: str) -> None:
+    with store.transaction() as db:
+        db["learning_runs"].insert({
+            "task": run.task, "started_at": started_at, "finished_at": utc_now(), "status": run.status,
+            "reason": run.reason, "candidate": run.candidate, "current": run.current,
+            "new_documents": run.new_documents, "metrics": json.dumps(run.metrics),
+        })
+
+
+def _train_candidate(cfg: PaperloopConfig, registry: ModelRegistry, task: str, train: list[Document]) -> str:
+    settings = settings_from_config(cfg.kie)
+    fit, val = split_validation(train, cfg.kie.training.validation_fraction, settings.seed)
+    with_lines = cfg.kie.training.line_augmentation
+    if task == "ser":
+        trained = train_ser(fit, val, cfg.kie.labels, settings, with_lines, progress=False)
+    else:
+        kie = KieModels(registry)
+        source = (lambda _examples: [kie.label(_copy(d)) for d in val]) if kie.refresh().get("ser") else None
+        trained = train_re(fit, val, cfg.kie.labels, settings, source, with_lines, progress=False)
+    return register(trained, registry, promote=False)
+
+
+def _copy(document: Document) -> Document:
+    return Document.from_dict(document.to_dict())
+
+
+def run_task(cfg: PaperloopConfig, store: Store, registry: ModelRegistry, task: str, force: bool = False) -> TaskRun:
+    """One task of a learning run (see the module docstring); never raises for a training failure."""
+    started_at = utc_now()
+    labels = LabelStore(store)
+    new = new_documents_since(store, last_trained_at(store, task))
+    current = registry.current_version(task)
+    holdout = labels.documents("holdout")
+    if not force and new < cfg.learning.min_new_documents:
+        run = TaskRun(task, "skipped", f"{new} new gold documents < {cfg.learning.min_new_documents}", None, current, new)
+    elif not holdout:
+        run = TaskRun(task, "skipped", "no holdout documents to evaluate on", None, current, new)
+    else:
+        run = _train_and_gate(cfg, registry, task, labels.documents("train"), holdout, current, new)
+    _record(store, run, started_at)
+    log.info("learning %s: %s (%s)", task, run.status, run.reason)
+    return run
+
+
+def _train_and_gate(cfg: PaperloopConfig, registry: ModelRegistry, task: str, train: list[Document],
+                    holdout: list[Document], current: str | None, new: int) -> TaskRun:
+    try:
+        candidate = _train_candidate(cfg, registry, task, train)
+        ours = holdout_metrics(cfg, registry, task, {task: candidate}, holdout)
+        theirs = holdout_metrics(cfg, registry, task, {task: current}, holdout) if current else None
+    except Exception as exc:  # noqa: BLE001 - a failed run must leave the service untouched
+        log.exception("learning %s failed", task)
+        return TaskRun(task, "failed", f"{type(exc).__name__}: {exc}", None, current, new)
+    accepted, reason = gate(ours, theirs, cfg.learning.margin, cfg.learning.tolerance)
+    card = registry.card(task, candidate)
+    card.metrics["holdout"] = {"candidate": ours, "in_service": theirs, "in_service_version": current,
+                               "promoted": accepted, "reason": reason, "documents": len(holdout)}
+    registry.update_card(card)
+    if accepted:
+        registry.set_current(task, candidate)
+    return TaskRun(task, "promoted" if accepted else "rejected", reason, candidate, current, new,
+                   {"candidate": ours, "in_service": theirs})
+
+
+def run_learning_job(cfg: PaperloopConfig, force: bool = False) -> list[TaskRun]:
+    """A whole learning run over the configured tasks (SER before RE: RE learns from SER's output)."""
+    store = Store(cfg.paths.database)
+    registry = ModelRegistry(cfg.paths.resolve("models"))
+    return [run_task(cfg, store, registry, task, force) for task in ("ser", "re") if task in cfg.learning.tasks]
+
+
+def scheduled_learning_job(config_yaml: str) -> int:
+    """The scheduler's job: run ``paperloop train --now`` in a child process at low CPU priority.
+
+    A child process keeps the daemon serving while training, and a crash or kill of the training
+    cannot take the daemon down or leave a half-switched model.
+    """
+    nice = PaperloopConfig.model_validate(yaml.safe_load(config_yaml)).learning.nice
+    with tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False) as handle:
+        handle.write(config_yaml)
+    try:
+        result = subprocess.run([sys.executable, "-m", "service", "--config", handle.name, "train", "--now"],
+                                preexec_fn=lambda: os.nice(nice), check=False)
+    finally:
+        Path(handle.name).unlink(missing_ok=True)
+    log.info("learning job finished with exit code %s", result.returncode)
+    return result.returncode
+
+
+def start_scheduler(cfg: PaperloopConfig) -> Any:
+    """Schedule the learning job in a background APScheduler with its job store in paperloop.db."""
+    from apscheduler.jobstores.sqlalchemy import SQLAlchemyJobStore
+    from apscheduler.schedulers.background import BackgroundScheduler
+    from apscheduler.triggers.cron import CronTrigger
+    from apscheduler.triggers.interval import IntervalTrigger
+
+    learning = cfg.learning
+    trigger = (CronTrigger.from_crontab(learning.cron) if learning.trigger == "cron"
+               else IntervalTrigger(hours=learning.interval_hours))
+    scheduler = BackgroundScheduler(jobstores={"default": SQLAlchemyJobStore(url=f"sqlite:///{cfg.paths.database}")})
+    scheduler.add_job("service.learning:scheduled_learning_job", trigger, args=[dump_config(cfg)], id=JOB_ID,
+                      replace_existing=True, max_instances=1, coalesce=True,
+                      misfire_grace_time=learning.misfire_grace_seconds)
+    scheduler.start()
+    return scheduler

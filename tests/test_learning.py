@@ -1,0 +1,135 @@
+"""The SER/RE learning loop: skip, train, gate on holdout, promote or reject, schedule, roll back."""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+import pytest
+import yaml
+from click.testing import CliRunner
+
+from service.cli import cli
+from service.config import PaperloopConfig
+from service.formats import read_funsd
+from service.funsd import split_pairs
+from service.jobs import JobRunner
+from service.labels import LabelStore
+from service.learning import JOB_ID, gate, run_learning_job, start_scheduler
+from service.registry import ModelRegistry
+from service.store import Store
+
+from conftest import FUNSD_ROOT
+
+LABELS = ["header", "question", "answer", "other"]
+
+
+def test_gate_promotes_only_clear_improvements_without_regressions() -> None:
+    current = {"hmean": 0.70, "header_hmean": 0.50}
+    assert gate({"hmean": 0.75, "header_hmean": 0.50}, current, 0.005, 0.01)[0]
+    assert not gate({"hmean": 0.702, "header_hmean": 0.60}, current, 0.005, 0.01)[0]  # below the margin
+    accepted, reason = gate({"hmean": 0.80, "header_hmean": 0.40}, current, 0.005, 0.01)
+    assert not accepted and "header_hmean" in reason  # better overall, but one label regressed
+    assert gate({"hmean": 0.1}, None, 0.005, 0.01) == (True, "no version in service")
+
+
+def _forms(split: str, start: int, count: int):
+    return [read_funsd(annotation, image) for image, annotation in split_pairs(split, FUNSD_ROOT)[start:start + count]]
+
+
+def _corrupted(document, rng: random.Random):
+    for segment in document.segments:
+        segment.label = rng.choice(LABELS)
+    document.links = []
+    return document
+
+
+@pytest.fixture
+def loop_cfg(cfg: PaperloopConfig, tmp_path: Path) -> PaperloopConfig:
+    """A config with small, quick models, a registry of its own and the base OCR models linked in."""
+    models = tmp_path / "models"
+    models.mkdir()
+    for task in ("det", "rec"):
+        (models / task).symlink_to(cfg.paths.resolve("models") / task)
+    cfg.paths.models = models
+    t = cfg.kie.training
+    t.epochs, t.dim, t.layers, t.heads, t.embed_dim, t.learning_rate = 8, 64, 2, 4, 32, 2e-3
+    cfg.learning.min_new_documents = 4
+    cfg.learning.tasks = ["ser"]
+    return cfg
+
+
+@pytest.mark.slow
+def test_loop_skips_rejects_corrupted_labels_and_promotes_better_models(loop_cfg: PaperloopConfig,
+                                                                        funsd_page_path: Path) -> None:
+    cfg = loop_cfg
+    store = Store(cfg.paths.database)
+    labels = LabelStore(store)
+    registry = ModelRegistry(cfg.paths.resolve("models"))
+    for document in _forms("testing", 10, 6):
+        labels.put(document, "funsd", "holdout")
+
+    # 1. Too few new labels: nothing is trained.
+    for document in _forms("training", 0, 3):
+        labels.put(document, "review", "train")
+    (run,) = run_learning_job(cfg)
+    assert run.status == "skipped" and registry.current_version("ser") is None
+
+    # 2. Enough labels, nothing in service: the first candidate is promoted.
+    for document in _forms("training", 3, 3):
+        labels.put(document, "review", "train")
+    (first,) = run_learning_job(cfg)
+    assert first.status == "promoted" and registry.current_version("ser") == first.candidate
+
+    # 3. A run on corrupted labels (random labels on every new document) is rejected.
+    rng = random.Random(0)
+    for document in labels.documents("train"):
+        labels.put(_corrupted(document, rng), "review", "train")
+    (bad,) = run_learning_job(cfg)
+    assert bad.status == "rejected", bad.reason
+    assert registry.current_version("ser") == first.candidate
+    assert bad.metrics["candidate"]["hmean"] < bad.metrics["in_service"]["hmean"]
+
+    # 4. Many more genuine labels: the candidate is better and is promoted...
+    for document in _forms("training", 0, 40):
+        labels.put(document, "review", "train")
+    (good,) = run_learning_job(cfg)
+    assert good.status == "promoted", good.reason
+    card = registry.card("ser", good.candidate)
+    assert card.parent == first.candidate and card.metrics["holdout"]["promoted"] is True
+    assert card.metrics["holdout"]["candidate"]["hmean"] > card.metrics["holdout"]["in_service"]["hmean"]
+
+    # ...and used by the next processed document, without a restart.
+    runner = JobRunner(cfg, store)
+    job = runner.enqueue(funsd_page_path, keep_source=True)
+    outcome = runner.process_job(job.id, keep_source=True)
+    assert json.loads(outcome.json_path.read_text())["model_versions"]["ser"] == good.candidate
+    assert {s.ser_version for s in store.document(outcome.job.document_id).segments} == {good.candidate}
+
+    # Runs are recorded; a rollback puts the parent back.
+    with store.transaction() as db:
+        statuses = [r[0] for r in db.execute("SELECT status FROM learning_runs ORDER BY id")]
+    assert statuses == ["skipped", "promoted", "rejected", "promoted"]
+    config = cfg.paths.resolve("data") / "config.yaml"
+    config.write_text(yaml.safe_dump(cfg.model_dump(mode="json")))
+    result = CliRunner().invoke(cli, ["--config", str(config), "models", "rollback", "ser"])
+    assert result.exit_code == 0 and registry.current_version("ser") == first.candidate
+
+
+def test_scheduler_keeps_one_coalesced_job_in_the_database(cfg: PaperloopConfig) -> None:
+    Store(cfg.paths.database)
+    scheduler = start_scheduler(cfg)
+    try:
+        job = scheduler.get_job(JOB_ID)
+        assert job.max_instances == 1 and job.coalesce and job.misfire_grace_time == 3600
+        assert job.func_ref == "service.learning:scheduled_learning_job"
+    finally:
+        scheduler.shutdown(wait=False)
+    again = start_scheduler(cfg)  # a restart finds the job in paperloop.db and replaces it, not adds one
+    try:
+        assert [j.id for j in again.get_jobs()] == [JOB_ID]
+    finally:
+        again.shutdown(wait=False)
+    with Store(cfg.paths.database).transaction() as db:
+        assert db.execute("SELECT COUNT(*) FROM apscheduler_jobs").fetchone()[0] == 1
