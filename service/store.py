@@ -102,7 +102,7 @@ def _migration_2(db: sqlite_utils.Database) -> None:
 
 def _migration_3(db: sqlite_utils.Database) -> None:
     # The review queue (one row per document sent to review), reviewers' claims, and the audit log
-    # of every change a reviewer saved (see service/review.py).
+    # of every change a reviewer saved (see service/review/queue.py).
     db["review_items"].create({
         "document_id": str, "document_created_at": str, "reason": str, "reasons": str, "audit": int,
         "uncertainty": float, "status": str, "queued_at": str, "reviewed_at": str, "reviewed_by": str,

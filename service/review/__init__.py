@@ -1,0 +1,59 @@
+"""Human review, the service side: routing, uncertainty, access, the queue, gold saves, edits, exports.
+
+* :mod:`~service.review.routing`: :func:`decide` (does a processed document go to review, and
+  why) and the uncertainty scores that order the queue.
+* :mod:`~service.review.auth`: password hashes and the review app's login policy.
+* :mod:`~service.review.gold`: the gold form of an edited document and the diff written to the
+  audit log.
+* :mod:`~service.review.queue`: :class:`ReviewService`, the queue, claims and atomic gold saves.
+* :mod:`~service.review.edits`: changes to a working copy made in the review app.
+* :mod:`~service.review.exports`: :func:`export_gold`, the gold set in PaddleOCR's formats.
+* :mod:`~service.review.models`: model versions and Hmean history for the Models page.
+
+Every public name is re-exported here, so ``from service.review import X`` works for all of them.
+The Streamlit app in ``review_app/`` is a thin layer over this package.
+"""
+
+from __future__ import annotations
+
+from service.review.auth import (
+    PASSWORD_ENV, PASSWORD_HASH_ENV, AuthPolicy, auth_policy, clean_reviewer_name, hash_password, is_loopback,
+    verify_password,
+)
+from service.review.edits import (
+    KNOWN_COLOURS, LABEL_COLOURS, UNLABELLED_COLOUR, add_link, add_segment, apply_box_event, apply_table_edits,
+    delete_segment, label_colours, new_segment_id, page_of, remove_link, update_segment,
+)
+from service.review.exports import EXPORT_FORMATS, export_det, export_gold, export_kie, export_rec, resolve_image
+from service.review.gold import BOX_TOLERANCE, Change, diff_documents, to_gold
+from service.review.models import hmean_history, model_versions
+from service.review.queue import (
+    QUEUE_ORDERS, REVIEW_SOURCE, REVIEWED, WAITING, ClaimError, ConflictError, QueueItem, ReviewError,
+    ReviewService, SaveResult, human_age, task_counts,
+)
+from service.review.routing import (
+    UNCERTAINTY_STRATEGIES, Decision, ReviewReason, decide, document_uncertainty, is_audit_sample,
+    score_uncertainty, segment_confidence, segment_is_low, segment_uncertainty,
+)
+
+__all__ = [
+    # routing and uncertainty
+    "UNCERTAINTY_STRATEGIES", "Decision", "ReviewReason", "decide", "document_uncertainty", "is_audit_sample",
+    "score_uncertainty", "segment_confidence", "segment_is_low", "segment_uncertainty",
+    # passwords and access
+    "PASSWORD_ENV", "PASSWORD_HASH_ENV", "AuthPolicy", "auth_policy", "clean_reviewer_name", "hash_password",
+    "is_loopback", "verify_password",
+    # gold documents and diffs
+    "BOX_TOLERANCE", "Change", "diff_documents", "to_gold",
+    # the queue
+    "QUEUE_ORDERS", "REVIEW_SOURCE", "REVIEWED", "WAITING", "ClaimError", "ConflictError", "QueueItem",
+    "ReviewError", "ReviewService", "SaveResult", "human_age", "task_counts",
+    # editing a working copy
+    "KNOWN_COLOURS", "LABEL_COLOURS", "UNLABELLED_COLOUR", "add_link", "add_segment", "apply_box_event",
+    "apply_table_edits", "delete_segment", "label_colours", "new_segment_id", "page_of", "remove_link",
+    "update_segment",
+    # exports
+    "EXPORT_FORMATS", "export_det", "export_gold", "export_kie", "export_rec", "resolve_image",
+    # model versions
+    "hmean_history", "model_versions",
+]

@@ -1,0 +1,50 @@
+"""Model versions and their evaluation history, as the review app's Models page shows them."""
+
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+from service.registry import ModelRegistry, RegistryError
+
+
+def model_versions(registry: ModelRegistry) -> list[dict[str, Any]]:
+    """Every version of every task, oldest first, with its card and whether it is in service."""
+    from service.registry import TASKS
+
+    rows = []
+    for task in TASKS:
+        try:
+            current = registry.current_version(task)
+            versions = registry.versions(task)
+        except (RegistryError, OSError, ValueError):
+            continue
+        for version in versions:
+            card = registry.card(task, version)
+            rows.append({"task": task, "version": version, "created_at": card.created_at, "parent": card.parent,
+                         "model_name": card.model_name, "source": card.source, "data_counts": card.data_counts,
+                         "metrics": card.metrics, "in_service": version == current})
+    return rows
+
+
+def _flatten(metrics: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for key, value in metrics.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping):
+            flat.update(_flatten(value, name + "."))
+        else:
+            flat[name] = value
+    return flat
+
+
+def hmean_history(registry: ModelRegistry) -> list[dict[str, Any]]:
+    """Every evaluation Hmean recorded in a card (any metric whose name ends in ``hmean``, at any
+    depth, e.g. ``hmean`` or ``holdout.hmean``), one row per version and metric."""
+    rows = []
+    for version in model_versions(registry):
+        for metric, value in _flatten(version["metrics"]).items():
+            if metric.lower().split(".")[-1].endswith("hmean") and isinstance(value, (int, float)):
+                rows.append({"task": version["task"], "version": version["version"], "metric": metric,
+                             "hmean": float(value), "created_at": version["created_at"],
+                             "series": f"{version['task']} · {metric}"})
+    return rows
