@@ -60,6 +60,17 @@ def cfg(tmp_path: Path, models_dir: Path) -> PaperloopConfig:
     return config
 
 
+@pytest.fixture
+def own_registry(cfg: PaperloopConfig, tmp_path: Path) -> PaperloopConfig:
+    """``cfg`` with a registry of its own (base det/rec linked in), for tests that add versions."""
+    models = tmp_path / "own-models"
+    models.mkdir()
+    for task in ("det", "rec"):
+        (models / task).symlink_to(cfg.paths.resolve("models") / task)
+    cfg.paths.models = models
+    return cfg
+
+
 def write_pdf(path: Path, pages: list[Path]) -> Path:
     """Render real page images into a multi-page PDF (Pillow writes it; poppler reads it back)."""
     images = [Image.open(p).convert("RGB") for p in pages]

@@ -62,7 +62,8 @@ def test_models_promote_switches_and_rejects_unknown_versions(cfg: PaperloopConf
     assert result.exit_code == 1 and "no version 'v9'" in result.output
 
 
-def test_train_and_eval_commands_on_gold_labels(cfg: PaperloopConfig) -> None:
+def test_train_and_eval_commands_on_gold_labels(own_registry: PaperloopConfig) -> None:
+    cfg = own_registry
     from service.formats import read_funsd
     from service.funsd import split_pairs
     from service.labels import LabelStore

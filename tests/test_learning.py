@@ -46,13 +46,9 @@ def _corrupted(document, rng: random.Random):
 
 
 @pytest.fixture
-def loop_cfg(cfg: PaperloopConfig, tmp_path: Path) -> PaperloopConfig:
-    """A config with small, quick models, a registry of its own and the base OCR models linked in."""
-    models = tmp_path / "models"
-    models.mkdir()
-    for task in ("det", "rec"):
-        (models / task).symlink_to(cfg.paths.resolve("models") / task)
-    cfg.paths.models = models
+def loop_cfg(own_registry: PaperloopConfig) -> PaperloopConfig:
+    """A config with small, quick models and a registry of its own."""
+    cfg = own_registry
     t = cfg.kie.training
     t.epochs, t.dim, t.layers, t.heads, t.embed_dim, t.learning_rate = 8, 64, 2, 4, 32, 2e-3
     cfg.learning.min_new_documents = 4
