@@ -1,0 +1,1 @@
+"""Fine-tuning the registry's OCR models as trainable dygraph networks."""

@@ -1,0 +1,272 @@
+"""Fine-tuning the recognition model on (line crop, text) pairs, and writing it back as a registry folder.
+
+Training uses CTC loss on the dygraph network of :mod:`service.finetune.rec_model`, fed exactly
+what inference feeds the exported program (:func:`service.ocr.recognizer._normalize_batch`: height
+48, width by aspect ratio, right padding, BGR scaled to [-1, 1]); every batch element is read over
+the whole padded width, as at inference, so padding learns to be blank.
+
+BatchNorm statistics stay frozen: the BN layers are kept in eval mode while the rest trains (with
+BN in train mode, statistics from a few small batches of line crops replace those of the original
+training set, and full pages degraded to 10 of 40 lines read correctly in the team's measurement).
+
+:func:`export_rec` writes the new values back into the *original* program: the folder gets the
+unchanged ``inference.pdmodel`` and ``inference.yml`` and an ``inference.pdiparams`` in the
+original combined format and parameter names, so the oneDNN old-IR path of
+:class:`service.ocr.engine.Predictor` and PaddleOCR 3.7 load it like the base model.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import random
+import shutil
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import paddle
+import paddle.nn.functional as F
+import yaml
+
+from service.config import RecConfig
+from service.finetune.rec_model import (
+    PPOCRv4RecModel,
+    WeightMismatchError,
+    eval_mode,
+    pair_with_program,
+    read_inference_params,
+    read_params_file,
+    write_params_file,
+)
+from service.ocr.recognizer import _normalize_batch, load_charset_from_list
+
+BLANK = 0
+
+
+@dataclass(frozen=True)
+class RecSample:
+    """One training pair: a line crop (HWC uint8 BGR, as cropped for inference) and its text."""
+
+    image: np.ndarray
+    text: str
+
+
+def load_charset(model_dir: Path) -> list[str]:
+    """The CTC alphabet of a registry folder: blank, ``PostProcess.character_dict``, space."""
+    config = yaml.safe_load((Path(model_dir) / "inference.yml").read_text(encoding="utf-8"))
+    return load_charset_from_list(config["PostProcess"]["character_dict"])
+
+
+class LabelEncoder:
+    """Text → CTC label ids (blank = 0, the dictionary from 1, space last).
+
+    Characters outside the alphabet are dropped, as PaddleOCR's ``CTCLabelEncode`` does.
+    """
+
+    def __init__(self, charset: Sequence[str]) -> None:
+        self.charset = list(charset)
+        self._ids = {ch: i for i, ch in enumerate(self.charset) if i != BLANK}
+
+    def encode(self, text: str) -> list[int]:
+        """Label ids of the characters of ``text`` that the alphabet has."""
+        return [self._ids[ch] for ch in text if ch in self._ids]
+
+    def unknown(self, text: str) -> set[str]:
+        """Characters of ``text`` the alphabet lacks."""
+        return {ch for ch in text if ch not in self._ids}
+
+    def decode(self, ids: Sequence[int]) -> str:
+        """Inverse of :meth:`encode`."""
+        return "".join(self.charset[i] for i in ids)
+
+
+@dataclass
+class Batch:
+    """Model input and CTC targets for a list of samples."""
+
+    images: np.ndarray  # N×3×48×W float32
+    labels: np.ndarray  # N×L int32, padded with blanks
+    label_lengths: np.ndarray  # N int64
+
+    @property
+    def time_steps(self) -> int:
+        """Output length of the network on this batch (the backbone divides the width by 8)."""
+        return self.images.shape[3] // 8
+
+
+def make_batch(samples: Sequence[RecSample], encoder: LabelEncoder, cfg: RecConfig) -> Batch:
+    """Pre-process crops as inference does and encode their texts."""
+    images = _normalize_batch([s.image for s in samples], cfg)
+    encoded = [encoder.encode(s.text) for s in samples]
+    labels = np.zeros((len(samples), max(1, max(len(e) for e in encoded))), dtype=np.int32)
+    for i, ids in enumerate(encoded):
+        labels[i, :len(ids)] = ids
+    return Batch(images=images, labels=labels, label_lengths=np.array([len(e) for e in encoded], dtype=np.int64))
+
+
+def ctc_losses(model: PPOCRv4RecModel, batch: Batch) -> paddle.Tensor:
+    """Per-sample CTC loss (negative log-likelihood of the text) of ``model`` on ``batch``."""
+    logits = model(paddle.to_tensor(batch.images))  # N×T×C
+    steps = logits.shape[1]
+    return F.ctc_loss(
+        logits.transpose([1, 0, 2]),  # T×N×C, unnormalized: ctc_loss applies the softmax
+        paddle.to_tensor(batch.labels),
+        paddle.to_tensor(np.full(len(batch.labels), steps, dtype=np.int64)),
+        paddle.to_tensor(batch.label_lengths),
+        blank=BLANK,
+        reduction="none",
+    )
+
+
+def usable_samples(samples: Sequence[RecSample], encoder: LabelEncoder, cfg: RecConfig) -> list[RecSample]:
+    """Samples CTC can learn from: a non-empty label that fits in the crop's own output length.
+
+    CTC needs one time step per character plus one between repeated characters.
+    """
+    kept = []
+    for sample in samples:
+        ids = encoder.encode(sample.text)
+        h, w = sample.image.shape[:2]
+        width = min(cfg.max_width, max(cfg.image_width, math.ceil(cfg.image_height * w / max(h, 1))))
+        needed = len(ids) + sum(1 for a, b in zip(ids, ids[1:]) if a == b)
+        if ids and needed <= width // 8:
+            kept.append(sample)
+    return kept
+
+
+def _batches(samples: Sequence[RecSample], cfg: RecConfig, batch_size: int, rng: random.Random) -> list[list[int]]:
+    """Indices grouped into batches of similar aspect ratio (little padding), in random order."""
+    order = sorted(range(len(samples)), key=lambda i: (samples[i].image.shape[1] / max(samples[i].image.shape[0], 1),
+                                                       rng.random()))
+    groups = [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
+    rng.shuffle(groups)
+    return groups
+
+
+def mean_ctc_loss(model: PPOCRv4RecModel, samples: Sequence[RecSample], encoder: LabelEncoder,
+                  cfg: RecConfig | None = None, batch_size: int = 8) -> float:
+    """Mean per-sample CTC loss in eval mode (no dropout, no gradients)."""
+    cfg = cfg or RecConfig()
+    total = 0.0
+    with eval_mode(model), paddle.no_grad():
+        for group in _batches(samples, cfg, batch_size, random.Random(0)):
+            total += float(ctc_losses(model, make_batch([samples[i] for i in group], encoder, cfg)).sum())
+    return total / max(1, len(samples))
+
+
+@dataclass
+class FinetuneSettings:
+    """How :func:`finetune_rec` trains.
+
+    ``train_backbone``: let the CTC loss reach the backbone too. PP-OCRv4 trained its backbone
+    through the NRTR branch only (the CTC neck detaches its input); off by default, so a small
+    data set adapts the neck and head and leaves the visual features alone.
+    """
+
+    epochs: int = 10
+    batch_size: int = 8
+    learning_rate: float = 1e-4
+    clip_norm: float = 5.0
+    train_backbone: bool = False
+    seed: int = 0
+
+
+@dataclass
+class FinetuneReport:
+    """What a fine-tuning run did."""
+
+    samples: int
+    skipped: int
+    steps: int
+    step_losses: list[float] = field(default_factory=list)
+    seconds: float = 0.0
+
+
+def finetune_rec(model: PPOCRv4RecModel, samples: Sequence[RecSample], encoder: LabelEncoder,
+                 settings: FinetuneSettings | None = None, cfg: RecConfig | None = None,
+                 on_step: Callable[[int, float], None] | None = None) -> FinetuneReport:
+    """Fine-tune ``model`` in place with Adam on CTC loss, BatchNorm statistics frozen.
+
+    Samples with no known character, or a text too long for their crop, are skipped (counted in
+    the report). The model is left in eval mode.
+    """
+    settings = settings or FinetuneSettings()
+    cfg = cfg or RecConfig()
+    usable = usable_samples(samples, encoder, cfg)
+    report = FinetuneReport(samples=len(usable), skipped=len(samples) - len(usable), steps=0)
+    if not usable:
+        model.eval()
+        return report
+    paddle.seed(settings.seed)
+    rng = random.Random(settings.seed)
+    guide = model.neck.guide
+    model.neck.guide = not settings.train_backbone
+    trainable = [p for name, p in model.named_parameters()
+                 if settings.train_backbone or not name.startswith("backbone.")]
+    trainable_ids = {id(p) for p in trainable}
+    frozen = [p for p in model.parameters() if id(p) not in trainable_ids]
+    for p in frozen:
+        p.stop_gradient = True
+    optimizer = paddle.optimizer.Adam(
+        learning_rate=settings.learning_rate, parameters=trainable,
+        grad_clip=paddle.nn.ClipGradByGlobalNorm(settings.clip_norm) if settings.clip_norm else None,
+    )
+    started = time.perf_counter()
+    model.train()
+    model.freeze_batchnorm()
+    try:
+        for _ in range(settings.epochs):
+            for group in _batches(usable, cfg, settings.batch_size, rng):
+                loss = ctc_losses(model, make_batch([usable[i] for i in group], encoder, cfg)).mean()
+                loss.backward()
+                optimizer.step()
+                optimizer.clear_grad()
+                report.steps += 1
+                report.step_losses.append(float(loss))
+                if on_step is not None:
+                    on_step(report.steps, report.step_losses[-1])
+    finally:
+        for p in frozen:
+            p.stop_gradient = False
+        model.neck.guide = guide
+        model.eval()
+        report.seconds = time.perf_counter() - started
+    return report
+
+
+def export_rec(model: PPOCRv4RecModel, base_dir: Path, out_dir: Path) -> Path:
+    """Write ``model``'s weights into a copy of the registry folder ``base_dir`` at ``out_dir``.
+
+    ``inference.pdmodel`` and ``inference.yml`` are copied unchanged; ``inference.pdiparams`` keeps
+    the original names, order and tensor headers with the new values. The written file is read
+    back and compared before it is put in place. ``out_dir`` may exist but must not hold an
+    ``inference.pdiparams`` already.
+    """
+    base_dir, out_dir = Path(base_dir), Path(out_dir)
+    program, records = read_inference_params(base_dir)
+    pairs = pair_with_program(model, program, {n: r.value.shape for n, r in records.items()})
+    state = model.state_dict()
+    values = {graph_name: state[name].numpy() for name, graph_name in pairs}
+    target = out_dir / "inference.pdiparams"
+    if target.exists():
+        raise FileExistsError(f"{target} exists")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(dir=out_dir, prefix=".inference.", suffix=".pdiparams.tmp")
+    os.close(fd)
+    tmp = Path(tmp_name)
+    try:
+        write_params_file(tmp, program.file_order, records, values)
+        reread = read_params_file(tmp, program.file_order)
+        for name, value in values.items():
+            if not np.array_equal(reread[name].value, value):
+                raise WeightMismatchError(f"{tmp}: {name} did not read back as written")
+        for name in ("inference.pdmodel", "inference.yml"):
+            shutil.copyfile(base_dir / name, out_dir / name)
+        os.replace(tmp, target)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return out_dir
