@@ -14,15 +14,14 @@ import paddle
 import pytest
 
 from service.config import RecConfig
+from service.finetune.common import read_inference_params, write_params_file
 from service.finetune.rec_model import (
     PPOCRv4RecModel,
     WeightMismatchError,
     load_inference_weights,
     load_rec_model,
     parity,
-    read_inference_params,
     run_program,
-    write_params_file,
 )
 from service.finetune.rec_train import (
     FinetuneSettings,

@@ -5,7 +5,8 @@ The registry's ``models/det/base`` holds an old-IR inference program: PP-LCNetV3
 re-parameterizable block already fused (one convolution with a bias per block, no branches), so the
 network here is built in that fused form: its layers are one-to-one with the program's operators,
 and the program's 234 parameters are copied in by order of use, with their shapes checked
-(``load_inference_weights``). The DB threshold branch is not exported by PaddleOCR (inference only
+(``load_inference_weights``; reading and pairing are shared with the recognizer,
+``service.finetune.common``). The DB threshold branch is not exported by PaddleOCR (inference only
 needs the probability map): here it starts from scratch and is used only for training.
 
 ``forward`` returns the probability map like the inference program; ``forward_train`` also returns
@@ -15,8 +16,6 @@ against ``paddle.inference`` on the same input.
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,6 +23,20 @@ import numpy as np
 import paddle
 import paddle.nn.functional as F
 from paddle import nn
+
+from service.finetune.common import (
+    AffineScalar,
+    ChannelGate,
+    InferenceProgram,
+    PairedTensor,
+    TensorRecord,
+    WeightMismatch,
+    assign_paired,
+    make_divisible,
+    pair_by_order,
+    read_inference_params,
+    run_program_as_written,
+)
 
 # PP-LCNetV3 detection variant, per stage: (kernel, in channels, out channels, stride, SE) at
 # scale 1.0; channels are scaled and rounded with ``make_divisible``.
@@ -39,24 +52,6 @@ _BACKBONE_OUT = (16, 24, 56, 480)
 SCALE = 0.75
 NECK_CHANNELS = 96
 DB_K = 50.0
-
-
-def make_divisible(value: float, divisor: int = 16) -> int:
-    """Round a channel count to a multiple of ``divisor``, never going below 90% of it."""
-    rounded = max(divisor, int(value + divisor / 2) // divisor * divisor)
-    return rounded + divisor if rounded < 0.9 * value else rounded
-
-
-class AffineScalar(nn.Layer):
-    """``scale * x + bias`` with one learnable scalar each (PP-LCNetV3's learnable affine block)."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.scale = self.create_parameter([1], default_initializer=nn.initializer.Constant(1.0))
-        self.bias = self.create_parameter([1], default_initializer=nn.initializer.Constant(0.0))
-
-    def forward(self, x: paddle.Tensor) -> paddle.Tensor:
-        return self.scale * x + self.bias
 
 
 class AffineHardSwish(nn.Layer):
@@ -85,21 +80,6 @@ class FusedRepConv(nn.Layer):
         return self.act(x) if self.act is not None else x
 
 
-class ChannelGate(nn.Layer):
-    """Squeeze-and-excitation: global average → reduce ×4 → ReLU → expand → hard-sigmoid."""
-
-    def __init__(self, channels: int, slope: float) -> None:
-        super().__init__()
-        self.pool = nn.AdaptiveAvgPool2D(1)
-        self.reduce = nn.Conv2D(channels, channels // 4, 1)
-        self.expand = nn.Conv2D(channels // 4, channels, 1)
-        self.slope = slope
-
-    def weights(self, x: paddle.Tensor) -> paddle.Tensor:
-        s = F.relu(self.reduce(self.pool(x)))
-        return F.hardsigmoid(self.expand(s), slope=self.slope, offset=0.5)
-
-
 class LCNetBlock(nn.Layer):
     """Depthwise k×k (fused) → optional SE → pointwise 1×1 (fused)."""
 
@@ -112,7 +92,7 @@ class LCNetBlock(nn.Layer):
     def forward(self, x: paddle.Tensor) -> paddle.Tensor:
         x = self.dw(x)
         if self.se is not None:
-            x = x * self.se.weights(x)
+            x = self.se(x)
         return self.pw(x)
 
 
@@ -243,81 +223,6 @@ class DBDetector(nn.Layer):
 # The inference program's parameters
 
 
-class WeightMismatch(ValueError):
-    """The inference program's parameters do not line up with the network's."""
-
-
-@dataclass(frozen=True)
-class ProgramParameter:
-    """One parameter of an inference program, in order of first use."""
-
-    name: str
-    shape: tuple[int, ...]
-    value: np.ndarray | None = None
-
-
-# Input slots in the order their tensors are used by an operator (batch_norm: scale, shift, then
-# the running statistics; elementwise ops: X then Y).
-_SLOT_ORDER = ("Input", "Filter", "X", "Y", "Scale", "Bias", "Mean", "Variance")
-
-
-@contextlib.contextmanager
-def legacy_static_mode() -> Iterator[None]:
-    """Static graph mode on the old IR for the duration of the block (the shipped ``.pdmodel``
-    programs are old IR), restoring the previous mode afterwards."""
-    from paddle import pir_utils
-
-    was_dynamic = paddle.in_dynamic_mode()
-    with pir_utils.OldIrGuard():
-        paddle.enable_static()
-        try:
-            yield
-        finally:
-            if was_dynamic:
-                paddle.disable_static()
-
-
-def _program_prefix(model_dir: Path) -> str:
-    program = Path(model_dir) / "inference.pdmodel"
-    if not program.is_file() or not (Path(model_dir) / "inference.pdiparams").is_file():
-        raise FileNotFoundError(f"{model_dir} has no inference.pdmodel with inference.pdiparams")
-    return str(Path(model_dir) / "inference")
-
-
-def ordered_parameter_names(program: object) -> list[str]:
-    """Names of a static program's persistable tensors in the order its operators first use them."""
-    block = program.global_block()  # type: ignore[attr-defined]
-    seen: set[str] = set()
-    order: list[str] = []
-    for op in block.ops:
-        slots = sorted(op.input_names, key=lambda s: _SLOT_ORDER.index(s) if s in _SLOT_ORDER else len(_SLOT_ORDER))
-        for slot in slots:
-            for name in op.input(slot):
-                if name in seen or not block.has_var(name):
-                    continue
-                var = block.var(name)
-                if var.persistable and var.type == paddle.base.core.VarDesc.VarType.LOD_TENSOR:
-                    seen.add(name)
-                    order.append(name)
-    return order
-
-
-def read_inference_parameters(model_dir: Path) -> list[ProgramParameter]:
-    """The parameters of a registry folder's ``inference.pdmodel``/``.pdiparams``, with their values,
-    in the order the program uses them."""
-    prefix = _program_prefix(model_dir)
-    with legacy_static_mode():
-        scope = paddle.static.Scope()
-        exe = paddle.static.Executor(paddle.CPUPlace())
-        with paddle.static.scope_guard(scope):
-            program, _, _ = paddle.static.load_inference_model(prefix, exe)
-            params = []
-            for name in ordered_parameter_names(program):
-                value = np.array(scope.find_var(name).get_tensor())
-                params.append(ProgramParameter(name, tuple(value.shape), value))
-    return params
-
-
 def _leaf_tensors(layer: nn.Layer) -> list[tuple[str, paddle.Tensor]]:
     """A leaf layer's tensors in the order its operators use them."""
     if isinstance(layer, nn.BatchNorm2D):
@@ -368,35 +273,22 @@ class WeightPairing:
 
 
 def pair_parameters(
-    model: DBDetector, params: list[ProgramParameter]
-) -> list[tuple[ProgramParameter, str, paddle.Tensor]]:
+    model: DBDetector, program: InferenceProgram, records: dict[str, TensorRecord]
+) -> list[PairedTensor]:
     """Pair program parameters with network tensors by order of use; raises ``WeightMismatch``
     when the counts or any shape differ."""
-    tensors = inference_tensors(model)
-    if len(tensors) != len(params):
-        raise WeightMismatch(
-            f"the inference program has {len(params)} parameters, the network's inference path "
-            f"{len(tensors)}: not the PP-OCRv4 mobile detector architecture"
-        )
-    bad = [
-        f"#{i}: program {p.name} {list(p.shape)} vs network {n} {list(t.shape)}"
-        for i, (p, (n, t)) in enumerate(zip(params, tensors))
-        if tuple(p.shape) != tuple(t.shape)
-    ]
-    if bad:
-        raise WeightMismatch(f"{len(bad)} shape mismatches, first: " + "; ".join(bad[:5]))
-    return [(p, n, t) for p, (n, t) in zip(params, tensors)]
+    return pair_by_order(inference_tensors(model), program, records,
+                         what="the network's inference path (PP-OCRv4 mobile detector)")
 
 
 def load_inference_weights(model: DBDetector, model_dir: Path) -> WeightPairing:
     """Copy a registry folder's inference parameters into the network (all 234 of the PP-OCRv4
     mobile detector; the threshold branch is left as it is). Raises ``WeightMismatch`` on any
-    count or shape difference, before anything is copied."""
-    triples = pair_parameters(model, read_inference_parameters(model_dir))
-    for param, _, tensor in triples:
-        assert param.value is not None
-        tensor.set_value(param.value.astype(np.float32))
-    return WeightPairing(pairs=[(p.name, n) for p, n, _ in triples], mismatches=0)
+    count, shape or dtype difference, before anything is copied."""
+    program, records = read_inference_params(model_dir)
+    pairs = pair_parameters(model, program, records)
+    assign_paired(pairs, records)
+    return WeightPairing(pairs=[(p.program_name, p.network_name) for p in pairs], mismatches=0)
 
 
 def load_detector(model_dir: Path) -> DBDetector:
@@ -431,20 +323,7 @@ def inference_probability_map(model_dir: Path, batch: np.ndarray, optimized: boo
     batch = np.ascontiguousarray(batch, dtype=np.float32)
     if optimized:
         return Predictor(Path(model_dir), threads=1)(batch)
-    from paddle import inference
-
-    config = inference.Config(str(Path(model_dir) / "inference.pdmodel"), str(Path(model_dir) / "inference.pdiparams"))
-    config.disable_gpu()
-    config.enable_new_ir(False)
-    config.switch_ir_optim(False)
-    config.disable_glog_info()
-    config.set_cpu_math_library_num_threads(1)
-    predictor = inference.create_predictor(config)
-    handle = predictor.get_input_handle(predictor.get_input_names()[0])
-    handle.reshape(list(batch.shape))
-    handle.copy_from_cpu(batch)
-    predictor.run()
-    return predictor.get_output_handle(predictor.get_output_names()[0]).copy_to_cpu()
+    return run_program_as_written(model_dir, batch, threads=1)
 
 
 def probability_parity(model: DBDetector, model_dir: Path, batch: np.ndarray, optimized: bool = True) -> float:

@@ -22,7 +22,6 @@ the original parameter names in the original combined format, so the oneDNN old-
 
 from __future__ import annotations
 
-import shutil
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,14 +33,8 @@ import paddle.nn.functional as F
 import pyclipper
 
 from service.config import DetConfig
-from service.finetune.det_model import (
-    DBDetector,
-    WeightMismatch,
-    legacy_static_mode,
-    ordered_parameter_names,
-    pair_parameters,
-    read_inference_parameters,
-)
+from service.finetune.common import WeightMismatch, export_inference_folder, read_inference_params
+from service.finetune.det_model import DBDetector, pair_parameters
 from service.ocr.detector import resize_for_detection, to_detector_input
 
 SHRINK_RATIO = 0.4
@@ -368,49 +361,18 @@ def export_det(model: DBDetector, base_dir: Path, out_dir: Path) -> Path:
     """Write the fine-tuned weights into the base folder's own old-IR program.
 
     ``out_dir`` gets the base ``inference.pdmodel`` and ``inference.yml`` byte for byte and a new
-    ``inference.pdiparams``: the program is loaded in static mode, each of its parameters is set
-    from the network's matching tensor (paired by order of use, shapes checked), and the
-    persistables are saved in the same combined format under their original names. The file is
-    then read back and compared with what was written. Returns ``out_dir``.
+    ``inference.pdiparams``: each of the program's parameters takes the value of the network's
+    matching tensor (paired by order of use, shapes checked), written in the same combined format
+    under its original name, read back and compared before it is put in place (see
+    ``service.finetune.common.export_inference_folder``). An existing export in ``out_dir`` is
+    replaced; the base folder itself never is. Returns ``out_dir``.
     """
-    base_dir, out_dir = Path(base_dir), Path(out_dir)
-    if out_dir.resolve() == base_dir.resolve():
+    if Path(out_dir).resolve() == Path(base_dir).resolve():
         raise ValueError("export_det writes a new folder; it never overwrites the base model")
-    triples = pair_parameters(model, read_inference_parameters(base_dir))
-    values = {param.name: tensor.numpy().astype(np.float32) for param, _, tensor in triples}
+    program, records = read_inference_params(base_dir)
+    pairs = pair_parameters(model, program, records)
+    values = {p.program_name: p.tensor.numpy().astype(np.float32) for p in pairs}
     for name, value in values.items():
         if not np.all(np.isfinite(value)):
             raise WeightMismatch(f"{name} has non-finite values: not exporting")
-    out_dir.mkdir(parents=True, exist_ok=True)
-    for name in ("inference.pdmodel", "inference.yml"):
-        shutil.copyfile(base_dir / name, out_dir / name)
-
-    place = paddle.CPUPlace()
-    with legacy_static_mode():
-        scope = paddle.static.Scope()
-        exe = paddle.static.Executor(place)
-        with paddle.static.scope_guard(scope):
-            program, _, _ = paddle.static.load_inference_model(str(base_dir / "inference"), exe)
-            names = ordered_parameter_names(program)
-            if set(names) != set(values):
-                raise WeightMismatch("the base program's parameters changed while exporting")
-            for name in names:
-                tensor = scope.find_var(name).get_tensor()
-                if tuple(tensor.shape()) != values[name].shape:
-                    raise WeightMismatch(f"{name}: program shape {tensor.shape()} vs {values[name].shape}")
-                tensor.set(values[name], place)
-            persistables = [program.global_block().var(n) for n in names]
-            paddle.static.save_vars(exe, str(out_dir), main_program=program, vars=persistables,
-                                    filename="inference.pdiparams")
-    _verify_export(out_dir, values)
-    return out_dir
-
-
-def _verify_export(out_dir: Path, values: dict[str, np.ndarray]) -> None:
-    """Reload an exported folder and check every parameter equals what was meant to be written."""
-    reloaded = {p.name: p.value for p in read_inference_parameters(out_dir)}
-    if set(reloaded) != set(values):
-        raise WeightMismatch(f"{out_dir}: reloaded parameters differ in names")
-    for name, value in values.items():
-        if not np.array_equal(reloaded[name], value):
-            raise WeightMismatch(f"{out_dir}: {name} did not round-trip")
+    return export_inference_folder(base_dir, out_dir, values, overwrite=True)

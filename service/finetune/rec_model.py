@@ -11,22 +11,16 @@ scalar affine, hard-swish and a second scalar affine), the backbone always ends 
 inference-time 3×2 average pool (48 px high input → one row, width / 8 time steps), and only the
 CTC branch exists (PP-OCRv4's NRTR training branch is not in the export). Its parameters are
 created in the order the program uses them, so the two pair up one to one by position; every pair
-is shape-checked.
-
-The parameters file is read and written here without static mode: a combined ``.pdiparams`` is the
-program's persistable tensors in name order, each a small header (LoD, tensor version, a
-``TensorDesc`` protobuf) followed by the raw little-endian data. Keeping each header and swapping
-only the data writes a file in exactly the original format (unchanged values give the same bytes).
+is shape-checked. Reading, pairing and writing the parameters is shared with the detector
+(:mod:`service.finetune.common`).
 """
 
 from __future__ import annotations
 
 import os
-import struct
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -36,9 +30,22 @@ warnings.filterwarnings("ignore", message="No ccache found")
 
 import paddle  # noqa: E402
 import paddle.nn.functional as F  # noqa: E402
-from paddle import ParamAttr, nn  # noqa: E402
-from paddle.base.proto import framework_pb2  # noqa: E402
-from paddle.nn.initializer import Constant  # noqa: E402
+from paddle import nn  # noqa: E402
+
+from service.finetune.common import (  # noqa: E402
+    AffineScalar,
+    ChannelGate,
+    InferenceProgram,
+    TensorRecord,
+    WeightMismatch,
+    assign_paired,
+    make_divisible,
+    pair_by_order,
+    read_inference_params,
+    run_program_as_written,
+)
+
+WeightMismatchError = WeightMismatch  # the recognizer's name for the shared error
 
 NUM_CLASSES = 6625  # CTC blank + 6623 dictionary characters + space
 BACKBONE_SCALE = 0.95
@@ -55,27 +62,7 @@ _LCNET_REC_STAGES: tuple[tuple[tuple[int, int, int, tuple[int, int], bool], ...]
 )
 
 
-def scaled_channels(channels: float, divisor: int = 16) -> int:
-    """Round a scaled channel count to a multiple of ``divisor``, never more than 10% below it."""
-    rounded = max(divisor, int(channels + divisor / 2) // divisor * divisor)
-    return rounded + divisor if rounded < 0.9 * channels else rounded
-
-
 # --------------------------------------------------------------------------- network
-
-
-class ScalarAffine(nn.Layer):
-    """``scale * x + bias`` with one learnable scalar each (PP-LCNetV3's learnable affine block)."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.scale = self.create_parameter(
-            [1], attr=ParamAttr(learning_rate=AFFINE_LR_MULT), default_initializer=Constant(1.0))
-        self.bias = self.create_parameter(
-            [1], attr=ParamAttr(learning_rate=AFFINE_LR_MULT), default_initializer=Constant(0.0))
-
-    def forward(self, x: paddle.Tensor) -> paddle.Tensor:
-        return self.scale * x + self.bias
 
 
 class FusedRepConv(nn.Layer):
@@ -85,24 +72,11 @@ class FusedRepConv(nn.Layer):
                  groups: int = 1) -> None:
         super().__init__()
         self.conv = nn.Conv2D(in_ch, out_ch, kernel, stride=stride, padding=(kernel - 1) // 2, groups=groups)
-        self.affine = ScalarAffine()
-        self.act_affine = ScalarAffine()
+        self.affine = AffineScalar(AFFINE_LR_MULT)
+        self.act_affine = AffineScalar(AFFINE_LR_MULT)
 
     def forward(self, x: paddle.Tensor) -> paddle.Tensor:
         return self.act_affine(F.hardswish(self.affine(self.conv(x))))
-
-
-class SqueezeExcite(nn.Layer):
-    """Channel attention: global average → 1×1 conv → ReLU → 1×1 conv → hard-sigmoid gate."""
-
-    def __init__(self, channels: int, reduction: int = 4) -> None:
-        super().__init__()
-        self.reduce = nn.Conv2D(channels, channels // reduction, 1)
-        self.expand = nn.Conv2D(channels // reduction, channels, 1)
-
-    def forward(self, x: paddle.Tensor) -> paddle.Tensor:
-        gate = F.hardsigmoid(self.expand(F.relu(self.reduce(F.adaptive_avg_pool2d(x, 1)))))
-        return x * gate
 
 
 class LCNetBlock(nn.Layer):
@@ -111,7 +85,7 @@ class LCNetBlock(nn.Layer):
     def __init__(self, kernel: int, in_ch: int, out_ch: int, stride: tuple[int, int], use_se: bool) -> None:
         super().__init__()
         self.depthwise = FusedRepConv(in_ch, in_ch, kernel, stride, groups=in_ch)
-        self.se = SqueezeExcite(in_ch) if use_se else None
+        self.se = ChannelGate(in_ch) if use_se else None
         self.pointwise = FusedRepConv(in_ch, out_ch, 1)
 
     def forward(self, x: paddle.Tensor) -> paddle.Tensor:
@@ -126,16 +100,16 @@ class LCNetV3Rec(nn.Layer):
 
     def __init__(self, scale: float = BACKBONE_SCALE) -> None:
         super().__init__()
-        stem_ch = scaled_channels(16 * scale)
+        stem_ch = make_divisible(16 * scale)
         self.stem_conv = nn.Conv2D(3, stem_ch, 3, stride=2, padding=1, bias_attr=False)
         self.stem_bn = nn.BatchNorm2D(stem_ch)
         blocks = []
         for stage in _LCNET_REC_STAGES:
             for kernel, in_ch, out_ch, stride, use_se in stage:
-                blocks.append(LCNetBlock(kernel, scaled_channels(in_ch * scale), scaled_channels(out_ch * scale),
+                blocks.append(LCNetBlock(kernel, make_divisible(in_ch * scale), make_divisible(out_ch * scale),
                                          stride, use_se))
         self.blocks = nn.LayerList(blocks)
-        self.out_channels = scaled_channels(512 * scale)
+        self.out_channels = make_divisible(512 * scale)
 
     def forward(self, x: paddle.Tensor) -> paddle.Tensor:
         x = self.stem_bn(self.stem_conv(x))
@@ -283,160 +257,27 @@ def eval_mode(model: nn.Layer) -> Iterator[nn.Layer]:
 # --------------------------------------------------------------------------- inference files
 
 
-class WeightMismatchError(ValueError):
-    """The inference parameters do not fit the dygraph network (count, shape or dtype)."""
-
-
-_DTYPES = {
-    framework_pb2.VarType.FP32: np.dtype("<f4"),
-    framework_pb2.VarType.FP64: np.dtype("<f8"),
-    framework_pb2.VarType.FP16: np.dtype("<f2"),
-    framework_pb2.VarType.INT32: np.dtype("<i4"),
-    framework_pb2.VarType.INT64: np.dtype("<i8"),
-    framework_pb2.VarType.INT8: np.dtype("i1"),
-    framework_pb2.VarType.UINT8: np.dtype("u1"),
-    framework_pb2.VarType.BOOL: np.dtype("?"),
-}
-# Inputs that may hold parameters, in the order an op reads them (batch_norm: scale, bias, mean, variance).
-_SLOT_ORDER = ("Input", "X", "Filter", "Y", "Scale", "Bias", "Mean", "Variance")
-
-
-@dataclass(frozen=True)
-class InferenceProgram:
-    """The parameters of an old-IR inference program.
-
-    ``use_order``: persistable tensors in the order the ops first read them.
-    ``file_order``: the order of the combined ``.pdiparams`` file (sorted by name).
-    """
-
-    use_order: tuple[str, ...]
-    file_order: tuple[str, ...]
-
-
-def read_program(pdmodel: Path) -> InferenceProgram:
-    """List an ``inference.pdmodel``'s parameters without building the program."""
-    program = framework_pb2.ProgramDesc.FromString(Path(pdmodel).read_bytes())
-    block = program.blocks[0]
-    persistable = {v.name for v in block.vars
-                   if v.persistable and v.type.type == framework_pb2.VarType.DENSE_TENSOR}
-    use_order: list[str] = []
-    for op in block.ops:
-        slots = {slot.parameter: list(slot.arguments) for slot in op.inputs}
-        ordered = [s for s in _SLOT_ORDER if s in slots] + sorted(s for s in slots if s not in _SLOT_ORDER)
-        for slot in ordered:
-            for name in slots[slot]:
-                if name in persistable and name not in use_order:
-                    use_order.append(name)
-    unused = persistable.difference(use_order)
-    if unused:
-        raise WeightMismatchError(f"{pdmodel}: persistable tensors read by no op: {sorted(unused)}")
-    return InferenceProgram(use_order=tuple(use_order), file_order=tuple(sorted(persistable)))
-
-
-@dataclass(frozen=True)
-class TensorRecord:
-    """One tensor of a combined parameters file: its serialized header and its values."""
-
-    header: bytes
-    value: np.ndarray
-
-
-def _take(data: memoryview, pos: int, size: int, path: Path) -> tuple[memoryview, int]:
-    if pos + size > len(data):
-        raise WeightMismatchError(f"{path} ends early at byte {pos} (wanted {size} more)")
-    return data[pos:pos + size], pos + size
-
-
-def read_params_file(pdiparams: Path, names: tuple[str, ...]) -> dict[str, TensorRecord]:
-    """Read a combined ``.pdiparams`` holding ``names`` (in file order) into name → record."""
-    path = Path(pdiparams)
-    data = memoryview(path.read_bytes())
-    pos = 0
-    records: dict[str, TensorRecord] = {}
-    for name in names:
-        start = pos
-        chunk, pos = _take(data, pos, 12, path)
-        version, lod_levels = struct.unpack("<IQ", chunk)
-        if version != 0:
-            raise WeightMismatchError(f"{path}: tensor {name} has unknown version {version}")
-        for _ in range(lod_levels):
-            chunk, pos = _take(data, pos, 8, path)
-            (level_bytes,) = struct.unpack("<Q", chunk)
-            _, pos = _take(data, pos, level_bytes, path)
-        chunk, pos = _take(data, pos, 8, path)
-        tensor_version, desc_size = struct.unpack("<Ii", chunk)
-        if tensor_version != 0:
-            raise WeightMismatchError(f"{path}: tensor {name} has unknown tensor version {tensor_version}")
-        chunk, pos = _take(data, pos, desc_size, path)
-        desc = framework_pb2.VarType.TensorDesc.FromString(bytes(chunk))
-        if desc.data_type not in _DTYPES:
-            raise WeightMismatchError(f"{path}: tensor {name} has unsupported data type {desc.data_type}")
-        dtype, shape = _DTYPES[desc.data_type], tuple(int(d) for d in desc.dims)
-        header = bytes(data[start:pos])
-        chunk, pos = _take(data, pos, int(np.prod(shape, dtype=np.int64)) * dtype.itemsize, path)
-        records[name] = TensorRecord(header=header, value=np.frombuffer(chunk, dtype=dtype).reshape(shape).copy())
-    if pos != len(data):
-        raise WeightMismatchError(f"{path}: {len(data) - pos} bytes left after {len(names)} tensors")
-    return records
-
-
-def write_params_file(pdiparams: Path, names: tuple[str, ...], records: dict[str, TensorRecord],
-                      values: dict[str, np.ndarray]) -> None:
-    """Write a combined ``.pdiparams``: each original header, then the new (or original) values."""
-    with open(pdiparams, "wb") as out:
-        for name in names:
-            record = records[name]
-            value = values.get(name, record.value)
-            if value.shape != record.value.shape:
-                raise WeightMismatchError(f"{name}: new value has shape {value.shape}, file has {record.value.shape}")
-            out.write(record.header)
-            out.write(np.ascontiguousarray(value, dtype=record.value.dtype).tobytes())
-
-
-def read_inference_params(model_dir: Path) -> tuple[InferenceProgram, dict[str, TensorRecord]]:
-    """The program's parameter orders and the parameter values of a registry folder."""
-    model_dir = Path(model_dir)
-    program = read_program(model_dir / "inference.pdmodel")
-    return program, read_params_file(model_dir / "inference.pdiparams", program.file_order)
-
-
 def model_tensors(model: nn.Layer) -> list[tuple[str, paddle.Tensor]]:
     """The network's parameters and BatchNorm statistics, in the order the forward pass uses them."""
     return list(model.state_dict().items())
 
 
 def pair_with_program(model: nn.Layer, program: InferenceProgram,
-                      shapes: dict[str, tuple[int, ...]]) -> list[tuple[str, str]]:
+                      records: dict[str, TensorRecord]) -> list[tuple[str, str]]:
     """Pair (dygraph name, program name) by order of use; raise on any count or shape mismatch."""
-    ours = model_tensors(model)
-    if len(ours) != len(program.use_order):
-        raise WeightMismatchError(
-            f"the network has {len(ours)} tensors, the inference program {len(program.use_order)}")
-    pairs, problems = [], []
-    for (name, tensor), graph_name in zip(ours, program.use_order):
-        if tuple(tensor.shape) != shapes[graph_name]:
-            problems.append(f"{name} {tuple(tensor.shape)} ≠ {graph_name} {shapes[graph_name]}")
-        pairs.append((name, graph_name))
-    if problems:
-        raise WeightMismatchError(f"{len(problems)} shape mismatches: " + "; ".join(problems[:10]))
-    return pairs
+    return [(p.network_name, p.program_name)
+            for p in pair_by_order(model_tensors(model), program, records, what="the network's tensors")]
 
 
 def load_inference_weights(model: nn.Layer, model_dir: Path) -> list[tuple[str, str]]:
     """Copy a registry folder's inference parameters into ``model``; returns the (ours, graph) pairs.
 
-    Raises ``WeightMismatchError`` (nothing is assigned) when counts or shapes do not match.
+    Raises ``WeightMismatchError`` (nothing is assigned) when counts, shapes or dtypes do not match.
     """
     program, records = read_inference_params(model_dir)
-    pairs = pair_with_program(model, program, {n: r.value.shape for n, r in records.items()})
-    state = model.state_dict()
-    for name, graph_name in pairs:
-        tensor = state[name]
-        value = records[graph_name].value
-        if np.dtype(value.dtype) != np.dtype(tensor.numpy().dtype):
-            raise WeightMismatchError(f"{name}: dtype {tensor.dtype} ≠ {graph_name} {value.dtype}")
-        tensor.set_value(value)
-    return pairs
+    pairs = pair_by_order(model_tensors(model), program, records, what="the network's tensors")
+    assign_paired(pairs, records)
+    return [(p.network_name, p.program_name) for p in pairs]
 
 
 def load_rec_model(model_dir: Path, guide: bool = True) -> PPOCRv4RecModel:
@@ -455,24 +296,11 @@ def run_program(model_dir: Path, batch: np.ndarray, optimized: bool = True, use_
     reference for checking the network definition, since the service's fusions (conv+BN folding,
     fused self-attention, FC) move wide batches by a few 1e-4 on their own.
     """
-    batch = np.ascontiguousarray(batch, dtype=np.float32)
     if optimized:
         from service.ocr.engine import Predictor
 
-        return Predictor(Path(model_dir), use_mkldnn=use_mkldnn)(batch)
-    from paddle import inference
-
-    config = inference.Config(str(Path(model_dir) / "inference.pdmodel"), str(Path(model_dir) / "inference.pdiparams"))
-    config.disable_gpu()
-    config.enable_new_ir(False)
-    config.switch_ir_optim(False)
-    config.disable_glog_info()
-    predictor = inference.create_predictor(config)
-    handle = predictor.get_input_handle(predictor.get_input_names()[0])
-    handle.reshape(list(batch.shape))
-    handle.copy_from_cpu(batch)
-    predictor.run()
-    return predictor.get_output_handle(predictor.get_output_names()[0]).copy_to_cpu()
+        return Predictor(Path(model_dir), use_mkldnn=use_mkldnn)(np.ascontiguousarray(batch, dtype=np.float32))
+    return run_program_as_written(model_dir, batch)
 
 
 def parity(model_dir: Path, batch: np.ndarray, model: PPOCRv4RecModel | None = None,

@@ -18,10 +18,7 @@ original combined format and parameter names, so the oneDNN old-IR path of
 from __future__ import annotations
 
 import math
-import os
 import random
-import shutil
-import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -33,15 +30,8 @@ import paddle.nn.functional as F
 import yaml
 
 from service.config import RecConfig
-from service.finetune.rec_model import (
-    PPOCRv4RecModel,
-    WeightMismatchError,
-    eval_mode,
-    pair_with_program,
-    read_inference_params,
-    read_params_file,
-    write_params_file,
-)
+from service.finetune.common import export_inference_folder, pair_by_order, read_inference_params
+from service.finetune.rec_model import PPOCRv4RecModel, eval_mode, model_tensors
 from service.ocr.recognizer import _normalize_batch, load_charset_from_list
 
 BLANK = 0
@@ -244,29 +234,9 @@ def export_rec(model: PPOCRv4RecModel, base_dir: Path, out_dir: Path) -> Path:
     ``inference.pdmodel`` and ``inference.yml`` are copied unchanged; ``inference.pdiparams`` keeps
     the original names, order and tensor headers with the new values. The written file is read
     back and compared before it is put in place. ``out_dir`` may exist but must not hold an
-    ``inference.pdiparams`` already.
+    ``inference.pdiparams`` already (see :func:`service.finetune.common.export_inference_folder`).
     """
-    base_dir, out_dir = Path(base_dir), Path(out_dir)
     program, records = read_inference_params(base_dir)
-    pairs = pair_with_program(model, program, {n: r.value.shape for n, r in records.items()})
-    state = model.state_dict()
-    values = {graph_name: state[name].numpy() for name, graph_name in pairs}
-    target = out_dir / "inference.pdiparams"
-    if target.exists():
-        raise FileExistsError(f"{target} exists")
-    out_dir.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(dir=out_dir, prefix=".inference.", suffix=".pdiparams.tmp")
-    os.close(fd)
-    tmp = Path(tmp_name)
-    try:
-        write_params_file(tmp, program.file_order, records, values)
-        reread = read_params_file(tmp, program.file_order)
-        for name, value in values.items():
-            if not np.array_equal(reread[name].value, value):
-                raise WeightMismatchError(f"{tmp}: {name} did not read back as written")
-        for name in ("inference.pdmodel", "inference.yml"):
-            shutil.copyfile(base_dir / name, out_dir / name)
-        os.replace(tmp, target)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return out_dir
+    pairs = pair_by_order(model_tensors(model), program, records, what="the network's tensors")
+    values = {p.program_name: p.tensor.numpy() for p in pairs}
+    return export_inference_folder(base_dir, out_dir, values, overwrite=False)
