@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
+from typing import Callable
 
 import pytest
 from PIL import Image
@@ -76,3 +78,14 @@ def write_pdf(path: Path, pages: list[Path]) -> Path:
     images = [Image.open(p).convert("RGB") for p in pages]
     images[0].save(path, "PDF", resolution=100.0, save_all=True, append_images=images[1:])
     return path
+
+
+def wait_for(condition: Callable[[], bool], timeout: float = 60.0, what: str = "condition",
+             interval: float = 0.05) -> None:
+    """Poll until ``condition()`` holds; fail the test after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return
+        time.sleep(interval)
+    raise AssertionError(f"{what}: not met within {timeout}s")

@@ -17,17 +17,9 @@ from service.ocr import OcrEngine
 from service.pipeline import DocumentPipeline
 from service.store import DONE, DUPLICATE, NEEDS_REVIEW, Store
 
+from conftest import wait_for
+
 FINISHED = (DONE, NEEDS_REVIEW)
-
-
-def wait_for(condition: Callable[[], bool], timeout: float = 60.0) -> None:
-    """Poll until ``condition()`` holds; fail the test after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"condition not met within {timeout}s")
 
 
 @pytest.fixture

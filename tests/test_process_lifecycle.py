@@ -16,8 +16,7 @@ import yaml
 
 from service.config import PaperloopConfig
 
-from conftest import write_pdf
-from test_daemon import wait_for
+from conftest import wait_for, write_pdf
 
 PAPERLOOP = [sys.executable, "-m", "service"]
 

@@ -33,7 +33,7 @@ from service.ocr import OcrEngine
 from service.pipeline import DocumentPipeline
 from service.store import NEEDS_REVIEW, Store
 
-from conftest import PROJECT_ROOT
+from conftest import PROJECT_ROOT, wait_for
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
@@ -50,15 +50,6 @@ def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-def _wait_for(condition, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return
-        time.sleep(0.2)
-    raise AssertionError(f"{what}: not within {timeout}s")
 
 
 def _answers(url: str) -> bool:
@@ -79,7 +70,7 @@ def processed(cfg: PaperloopConfig, ocr_engine: OcrEngine, funsd_page_path: Path
     thread.start()
     try:
         shutil.copy(funsd_page_path, cfg.paths.resolve("inbox") / "form.png")
-        _wait_for(lambda: store.db.execute("SELECT COUNT(*) FROM documents").fetchone()[0] == 1, 120,
+        wait_for(lambda: store.db.execute("SELECT COUNT(*) FROM documents").fetchone()[0] == 1, 120,
                   "the page was processed")
     finally:
         daemon.stop_event.set()
@@ -103,7 +94,7 @@ def review_app(processed: PaperloopConfig) -> Iterator[str]:
                              cwd=cfg.paths.root, env=env, stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}/"
     try:
-        _wait_for(lambda: child.poll() is not None or _answers(url + "_stcore/health"), 60, "the review app started")
+        wait_for(lambda: child.poll() is not None or _answers(url + "_stcore/health"), 60, "the review app started")
         assert child.poll() is None, (cfg.paths.resolve("data") / "review-app.log").read_text()
         yield url
     finally:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import shutil
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Iterator
 
 from service.document import Document, Page
 from service.review.queue import ReviewService
@@ -33,22 +33,29 @@ def _ppocr_annotations(page: Page) -> list[dict[str, Any]]:
             for s in page.segments]
 
 
-def export_det(documents: Iterable[Document], out_dir: Path, data_dir: Path) -> dict[str, int]:
-    """PaddleOCR detection labels: ``out_dir/Label.txt`` (``images/<name>\\t[{transcription, points,
-    difficult}]``) and the page images in ``out_dir/images/``."""
-    (out_dir / "images").mkdir(parents=True, exist_ok=True)
-    lines, skipped = [], 0
+def _pages_with_images(documents: Iterable[Document], data_dir: Path,
+                       skipped: list[int]) -> Iterator[tuple[Document, Page, Path]]:
+    """Every page whose image can be found; ``skipped[0]`` counts the others."""
     for document in documents:
         for page in document.pages:
             source = resolve_image(page, data_dir)
             if source is None:
-                skipped += 1
+                skipped[0] += 1
                 continue
-            name = _image_name(document, page, source)
-            shutil.copy2(source, out_dir / "images" / name)
-            lines.append(f"images/{name}\t{json.dumps(_ppocr_annotations(page), ensure_ascii=False)}")
+            yield document, page, source
+
+
+def export_det(documents: Iterable[Document], out_dir: Path, data_dir: Path) -> dict[str, int]:
+    """PaddleOCR detection labels: ``out_dir/Label.txt`` (``images/<name>\\t[{transcription, points,
+    difficult}]``) and the page images in ``out_dir/images/``."""
+    (out_dir / "images").mkdir(parents=True, exist_ok=True)
+    lines, skipped = [], [0]
+    for document, page, source in _pages_with_images(documents, data_dir, skipped):
+        name = _image_name(document, page, source)
+        shutil.copy2(source, out_dir / "images" / name)
+        lines.append(f"images/{name}\t{json.dumps(_ppocr_annotations(page), ensure_ascii=False)}")
     (out_dir / "Label.txt").write_text("".join(line + "\n" for line in lines), encoding="utf-8")
-    return {"pages": len(lines), "pages_without_image": skipped}
+    return {"pages": len(lines), "pages_without_image": skipped[0]}
 
 
 def export_rec(documents: Iterable[Document], out_dir: Path, data_dir: Path) -> dict[str, int]:
@@ -60,26 +67,21 @@ def export_rec(documents: Iterable[Document], out_dir: Path, data_dir: Path) -> 
     from service.ocr.recognizer import crop_quad  # imports Paddle: only when exporting
 
     (out_dir / "crop_img").mkdir(parents=True, exist_ok=True)
-    lines, skipped = [], 0
-    for document in documents:
-        for page in document.pages:
-            source = resolve_image(page, data_dir)
-            if source is None:
-                skipped += 1
+    lines, skipped = [], [0]
+    for document, page, source in _pages_with_images(documents, data_dir, skipped):
+        image = cv2.imread(str(source), cv2.IMREAD_COLOR)
+        if image is None:
+            skipped[0] += 1
+            continue
+        for i, segment in enumerate(page.segments):
+            text = segment.text.replace("\t", " ").replace("\n", " ").strip()
+            if not text:
                 continue
-            image = cv2.imread(str(source), cv2.IMREAD_COLOR)
-            if image is None:
-                skipped += 1
-                continue
-            for i, segment in enumerate(page.segments):
-                text = segment.text.replace("\t", " ").replace("\n", " ").strip()
-                if not text:
-                    continue
-                name = f"{document.id}-p{page.number:03d}_crop_{i}.jpg"
-                cv2.imwrite(str(out_dir / "crop_img" / name), crop_quad(image, np.asarray(segment.box, dtype=np.float32)))
-                lines.append(f"crop_img/{name}\t{text}")
+            name = f"{document.id}-p{page.number:03d}_crop_{i}.jpg"
+            cv2.imwrite(str(out_dir / "crop_img" / name), crop_quad(image, np.asarray(segment.box, dtype=np.float32)))
+            lines.append(f"crop_img/{name}\t{text}")
     (out_dir / "rec_gt.txt").write_text("".join(line + "\n" for line in lines), encoding="utf-8")
-    return {"crops": len(lines), "pages_without_image": skipped}
+    return {"crops": len(lines), "pages_without_image": skipped[0]}
 
 
 def export_kie(documents: list[Document], out_dir: Path, data_dir: Path, split: str,
