@@ -185,7 +185,10 @@ class LearningConfig(StrictModel):
     interval_hours: float = Field(24.0, gt=0)
     cron: str = "0 2 * * *"  # minute hour day month weekday, used when trigger is "cron"
     misfire_grace_seconds: int = Field(3600, ge=1)
-    tasks: list[Literal["ser", "re"]] = ["ser", "re"]
+    # "rec" (fine-tune recognition on reviewers' line texts) is opt-in until bench/loop.py measures it
+    tasks: list[Literal["rec", "ser", "re"]] = ["ser", "re"]
+    rec_epochs: int = Field(2, ge=1)
+    rec_learning_rate: float = Field(1e-4, gt=0)
     min_new_documents: int = Field(20, ge=0)  # new gold documents since the task's last run
     margin: float = Field(0.005, ge=0)  # the main metric must improve by at least this
     tolerance: float = Field(0.01, ge=0)  # no other metric of the task may fall by more

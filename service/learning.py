@@ -27,7 +27,7 @@ from service.config import PaperloopConfig, dump_config
 from service.document import Document
 from service.kie.evaluation import evaluate_gold
 from service.kie.inference import KieModels
-from service.kie.trainer import register, settings_from_config, split_validation, train_re, train_ser
+from service.kie.trainer import next_version, register, settings_from_config, split_validation, train_re, train_ser
 from service.labels import LabelStore
 from service.registry import ModelRegistry
 from service.store import Store, utc_now
@@ -51,7 +51,14 @@ class TaskRun:
 
 def holdout_metrics(cfg: PaperloopConfig, registry: ModelRegistry, task: str, pinned: dict[str, str],
                     documents: list[Document]) -> dict[str, float]:
-    """The task's metrics on gold documents with the given versions: Hmean first, then the rest."""
+    """The task's metrics on gold documents with the given versions, the main one first.
+
+    SER / RE: Hmean first. rec: line accuracy (exact, spaces count), then character accuracy.
+    """
+    if task == "rec":
+        from service.rec_learning import line_samples, rec_metrics
+
+        return rec_metrics(cfg, registry, pinned["rec"], line_samples(documents, cfg.paths.resolve("data")))
     kie = KieModels(registry, multiple_values=cfg.kie.multiple_values, link_threshold=cfg.kie.link_threshold,
                     pinned=pinned)
     report = evaluate_gold(kie, documents, cfg.kie.labels, cfg.kie.other_label)
@@ -65,17 +72,22 @@ def holdout_metrics(cfg: PaperloopConfig, registry: ModelRegistry, task: str, pi
 
 def gate(candidate: dict[str, float], current: dict[str, float] | None, margin: float,
          tolerance: float) -> tuple[bool, str]:
-    """Whether a candidate may replace the version in service, and why."""
+    """Whether a candidate may replace the version in service, and why.
+
+    The first metric is the task's main one: it must improve by ``margin``; no other may fall by
+    more than ``tolerance``.
+    """
     if current is None:
         return True, "no version in service"
-    gain = candidate["hmean"] - current["hmean"]
+    main = next(iter(candidate))
+    gain = candidate[main] - current[main]
     if gain < margin:
-        return False, f"Hmean {candidate['hmean']:.4f} vs {current['hmean']:.4f} ({gain:+.4f} < margin {margin})"
+        return False, f"{main} {candidate[main]:.4f} vs {current[main]:.4f} ({gain:+.4f} < margin {margin})"
     drops = [f"{k} {current[k]:.4f} → {candidate.get(k, 0.0):.4f}" for k in current
-             if k != "hmean" and candidate.get(k, 0.0) < current[k] - tolerance]
+             if k != main and candidate.get(k, 0.0) < current[k] - tolerance]
     if drops:
-        return False, f"Hmean +{gain:.4f} but beyond tolerance {tolerance}: {', '.join(drops)}"
-    return True, f"Hmean {current['hmean']:.4f} → {candidate['hmean']:.4f}"
+        return False, f"{main} +{gain:.4f} but beyond tolerance {tolerance}: {', '.join(drops)}"
+    return True, f"{main} {current[main]:.4f} → {candidate[main]:.4f}"
 
 
 def new_documents_since(store: Store, since: str | None) -> int:
@@ -105,6 +117,11 @@ def _record(store: Store, run: TaskRun, started_at: str) -> None:
 
 
 def _train_candidate(cfg: PaperloopConfig, registry: ModelRegistry, task: str, train: list[Document]) -> str:
+    if task == "rec":
+        from service.rec_learning import line_samples, train_rec_candidate
+
+        samples = line_samples(train, cfg.paths.resolve("data"))
+        return train_rec_candidate(cfg, registry, samples, next_version(registry, "rec"))
     settings = settings_from_config(cfg.kie)
     fit, val = split_validation(train, cfg.kie.training.validation_fraction, settings.seed)
     with_lines = cfg.kie.training.line_augmentation
@@ -160,10 +177,11 @@ def _train_and_gate(cfg: PaperloopConfig, registry: ModelRegistry, task: str, tr
 
 
 def run_learning_job(cfg: PaperloopConfig, force: bool = False) -> list[TaskRun]:
-    """A whole learning run over the configured tasks (SER before RE: RE learns from SER's output)."""
+    """A whole learning run over the configured tasks."""
     store = Store(cfg.paths.database)
     registry = ModelRegistry(cfg.paths.resolve("models"))
-    return [run_task(cfg, store, registry, task, force) for task in ("ser", "re") if task in cfg.learning.tasks]
+    # rec first (SER reads its text), SER before RE (RE learns from SER's output)
+    return [run_task(cfg, store, registry, task, force) for task in ("rec", "ser", "re") if task in cfg.learning.tasks]
 
 
 def scheduled_learning_job(config_yaml: str) -> int:

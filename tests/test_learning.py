@@ -129,3 +129,35 @@ def test_scheduler_keeps_one_coalesced_job_in_the_database(cfg: PaperloopConfig)
         again.shutdown(wait=False)
     with Store(cfg.paths.database).transaction() as db:
         assert db.execute("SELECT COUNT(*) FROM apscheduler_jobs").fetchone()[0] == 1
+
+
+@pytest.mark.slow
+def test_rec_fine_tuning_on_wrong_texts_is_rejected(cfg: PaperloopConfig, tmp_path: Path) -> None:
+    from service.base_models import install_base_models
+    from service.kie.data import split_into_lines
+
+    cfg.paths.models = tmp_path / "rec-models"  # a registry of its own: rec versions get added
+    registry = ModelRegistry(cfg.paths.models)
+    install_base_models(registry)
+    cfg.learning.tasks, cfg.learning.rec_epochs, cfg.learning.min_new_documents = ["rec"], 1, 1
+    cfg.learning.rec_learning_rate = 3e-4
+    labels = LabelStore(Store(cfg.paths.database))
+    for document in _forms("testing", 20, 2):
+        labels.put(split_into_lines(document), "funsd", "holdout")
+    rng = random.Random(1)
+    for document in _forms("training", 0, 2):
+        lines = split_into_lines(document)
+        texts = [s.text for s in lines.segments]
+        rng.shuffle(texts)  # every crop gets some other line's text
+        for segment, text in zip(lines.segments, texts):
+            segment.text = text
+        labels.put(lines, "review", "train")
+
+    (run,) = run_learning_job(cfg)
+    assert run.status == "rejected", run.reason
+    assert run.metrics["candidate"]["line_accuracy"] < run.metrics["in_service"]["line_accuracy"]
+    assert registry.current_version("rec") == "base"
+    card = registry.card("rec", run.candidate)
+    assert card.parent == "base" and card.data_counts["train_lines"] > 50
+    assert (registry.version_dir("rec", run.candidate) / "inference.pdmodel").read_bytes() == \
+        (registry.version_dir("rec", "base") / "inference.pdmodel").read_bytes()
