@@ -107,13 +107,21 @@ def _save(service: ReviewService, reviewer: str, accept: bool) -> None:
     common.flash(message)
 
 
-def _skip(service: ReviewService, reviewer: str) -> None:
+def _may_discard(action: str) -> bool:
+    """False (and a warning) the first time unsaved changes would be lost; True after a second press."""
     state = _state()
     if state.get("dirty") and not state.get("confirm_discard"):
         state["confirm_discard"] = True
-        common.flash("This document has unsaved changes. Press Skip again to discard them, or Save.", "warning")
-        return
+        common.flash(f"This document has unsaved changes. Press {action} again to discard them, or Save.", "warning")
+        return False
     state.pop("confirm_discard", None)
+    return True
+
+
+def _skip(service: ReviewService, reviewer: str) -> None:
+    if not _may_discard("Skip"):
+        return
+    state = _state()
     current = state.get("doc_id")
     if current:
         state.setdefault("skipped", []).append(current)
@@ -122,14 +130,10 @@ def _skip(service: ReviewService, reviewer: str) -> None:
 
 
 def _back(service: ReviewService, reviewer: str) -> None:
-    state = _state()
-    if state.get("dirty") and not state.get("confirm_discard"):
-        state["confirm_discard"] = True
-        common.flash("This document has unsaved changes. Press Back again to discard them, or Save.", "warning")
+    if not _may_discard("Back"):
         return
-    state.pop("confirm_discard", None)
     common.close_document(service, reviewer)
-    state["nav"] = "Queue"
+    _state()["nav"] = "Queue"
 
 
 # -- the page -----------------------------------------------------------------------------------

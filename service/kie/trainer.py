@@ -60,6 +60,11 @@ def _counts(train: Sequence[Document], val: Sequence[Document]) -> dict[str, int
             "train_links": sum(len(d.links) for d in train), "validation_documents": len(val)}
 
 
+def _cost(model: paddle.nn.Layer, history: T.History) -> dict[str, Any]:
+    return {"parameters": parameter_count(model), "train_seconds": round(history.seconds, 1),
+            "best_epoch": history.best_epoch}
+
+
 def ser_label_source(model: SerModel, temperature: float) -> LabelSource:
     """Label probabilities from a trained SER model (RE's input at inference time)."""
     return lambda examples: [softmax(l, temperature) for l in T.ser_logits(model, examples)]
@@ -82,8 +87,7 @@ def train_ser(train_docs: Sequence[Document], val_docs: Sequence[Document], labe
     scores = T.ser_evaluate(logits, val, labels)
     metrics = {"validation": {k: v.as_dict() for k, v in scores.items()},
                "hmean": scores["overall"].hmean, "ece_before": _ser_ece(logits, val, 1.0),
-               "ece": _ser_ece(logits, val, temperature), "parameters": parameter_count(model),
-               "train_seconds": round(history.seconds, 1), "best_epoch": history.best_epoch}
+               "ece": _ser_ece(logits, val, temperature), **_cost(model, history)}
     return TrainedModel("ser", model, list(labels), temperature, None, metrics,
                         _counts(train_docs, val_docs), settings, history)
 
@@ -123,8 +127,7 @@ def train_re(train_docs: Sequence[Document], val_docs: Sequence[Document], label
     threshold = T.best_threshold(logits, val, temperature)
     scores = T.re_evaluate(logits, val, threshold, temperature)
     metrics = {"validation": scores.as_dict(), "hmean": scores.hmean, "link_threshold": threshold,
-               "ece": _re_ece(logits, val, temperature), "parameters": parameter_count(model),
-               "train_seconds": round(history.seconds, 1), "best_epoch": history.best_epoch}
+               "ece": _re_ece(logits, val, temperature), **_cost(model, history)}
     return TrainedModel("re", model, list(labels), temperature, threshold, metrics,
                         _counts(train_docs, val_docs), settings, history)
 
