@@ -107,10 +107,24 @@ def review_app(processed: PaperloopConfig) -> Iterator[str]:
         log.close()
 
 
-def _choose(page, label: str, option: str) -> None:
-    """Pick an option of the Streamlit selectbox with this label."""
-    page.locator('[data-testid="stSelectbox"]').filter(has_text=label).first.click()
-    page.get_by_role("option", name=option).first.click()
+def _choose(page, label: str, option: str, attempts: int = 4) -> None:
+    """Pick an option of the Streamlit selectbox with this label.
+
+    A rerun of the app that lands between opening the list and clicking closes the list again
+    (seen once in CI), so the list is reopened a few times before giving up.
+    """
+    choice = page.get_by_role("option", name=option).first
+    for attempt in range(attempts):
+        page.locator('[data-testid="stSelectbox"]').filter(has_text=label).first.click()
+        try:
+            choice.wait_for(timeout=5000)
+            choice.click(timeout=5000)
+            return
+        except playwright_api.Error:
+            if attempt == attempts - 1:
+                raise
+            page.keyboard.press("Escape")
+            page.wait_for_timeout(1000)
 
 
 def test_reviewer_fixes_a_document_in_the_browser(processed: PaperloopConfig, review_app: str) -> None:
