@@ -1,18 +1,20 @@
-"""Learning-loop benchmark: does the job make recognition better on FUNSD?
+"""Learning-loop benchmark: does the job make det, rec, SER and RE better on FUNSD?
 
 FUNSD training forms stand in for reviewed documents: their gold lines (entity words regrouped
-into lines, texts with spaces) are the reviewers' corrections. Starting from the base models, the
-learning job (``learning.tasks: [rec]``) fine-tunes recognition on them, gates the candidate on a
-holdout slice of the training forms, and promotes it if it is better. The 50 FUNSD test forms are
-read with the OCR pipeline before and after: detection P/R/Hmean, character accuracy and line
-exact-match (spaces count) of matched lines.
+into lines, texts with spaces), labels and links are the reviewers' corrections. Starting from the
+base OCR models and no KIE models, one run of the learning job with the default settings
+(``learning.tasks``: det, rec, SER, RE) fine-tunes detection and recognition, trains SER and RE,
+gates every candidate on a holdout slice of the training forms, and promotes what is better.
+The 50 FUNSD test forms are read before and after: detection P/R/Hmean, character accuracy and
+line exact-match (spaces count) of matched lines, and SER / RE Hmean end to end (our OCR lines,
+see :func:`service.kie.evaluation.evaluate_end_to_end`). SER and RE are also measured on the
+base OCR, to show what the OCR fine-tuning buys downstream.
 
 Usage, from the project root::
 
-    .venv/bin/python bench/loop.py [--forms N] [--holdout N] [--epochs N] [--out bench/results]
+    .venv/bin/python bench/loop.py [--forms N] [--holdout N] [--tasks det,rec,ser,re] [--out bench/results]
 
-It prints ``line exact-match BEFORE -> AFTER`` (fractions) on a line of its own. Detection, SER and
-RE are not fine-tuned by the job yet.
+It prints ``line exact-match BEFORE -> AFTER`` (fractions) on a line of its own.
 """
 
 from __future__ import annotations
@@ -28,11 +30,13 @@ import argparse  # noqa: E402
 import json  # noqa: E402
 import tempfile  # noqa: E402
 import time  # noqa: E402
+from datetime import datetime  # noqa: E402
 from typing import Any  # noqa: E402
 
 import cv2  # noqa: E402
 
 from bench.common import machine_info, utc_date, versions  # noqa: E402
+from bench.kie import end_to_end  # noqa: E402
 from service.base_models import install_base_models  # noqa: E402
 from service.config import PaperloopConfig  # noqa: E402
 from service.evaluation import detection_scores, evaluate_page, recognition_over_pages  # noqa: E402
@@ -46,8 +50,8 @@ from service.registry import ModelRegistry  # noqa: E402
 from service.store import Store  # noqa: E402
 
 
-def read_test_forms(cfg: PaperloopConfig, registry: ModelRegistry) -> dict[str, float]:
-    """Det and rec figures of the rec/det versions in service on the 50 FUNSD test forms."""
+def read_test_forms(cfg: PaperloopConfig, registry: ModelRegistry) -> dict[str, Any]:
+    """Det and rec figures of the det/rec versions in service on the 50 FUNSD test forms."""
     engine = OcrEngine(registry, cfg.ocr)
     pages = []
     for image, annotation in split_pairs("testing"):
@@ -61,53 +65,105 @@ def read_test_forms(cfg: PaperloopConfig, registry: ModelRegistry) -> dict[str, 
             "versions": dict(engine.versions)}
 
 
-def run(forms: int, holdout: int, epochs: int) -> dict[str, Any]:
+def kie_end_to_end(cfg: PaperloopConfig, registry: ModelRegistry, scratch: Path) -> dict[str, float] | None:
+    """SER and RE Hmean end to end on the test forms with the versions in service (None without SER)."""
+    if registry.current_version("ser") is None:
+        return None
+    pairs = split_pairs("testing")
+    gold = [read_funsd(annotation, image) for image, annotation in pairs]
+    scores, seconds = end_to_end(registry.root, [image for image, _ in pairs], gold, cfg.kie, scratch)
+    return {"ser_hmean": scores["ser"]["hmean"], "re_hmean": scores["re"]["hmean"],
+            "seconds_per_page": round(seconds, 3)}
+
+
+def kie_on_base_ocr(cfg: PaperloopConfig, registry: ModelRegistry, scratch: Path) -> dict[str, float] | None:
+    """The same with det and rec switched back to ``base`` for the measurement (then restored)."""
+    promoted = {task: registry.current_version(task) for task in ("det", "rec")}
+    try:
+        for task in promoted:
+            registry.set_current(task, "base")
+        return kie_end_to_end(cfg, registry, scratch)
+    finally:
+        for task, version in promoted.items():
+            registry.set_current(task, version)
+
+
+def task_seconds(store: Store) -> dict[str, float]:
+    """Wall time of each task of the job (training and both holdout evaluations)."""
+    with store.transaction() as db:
+        rows = db.execute("SELECT task, started_at, finished_at FROM learning_runs").fetchall()
+    return {task: round((datetime.fromisoformat(end) - datetime.fromisoformat(start)).total_seconds(), 1)
+            for task, start, end in rows}
+
+
+def run(forms: int, holdout: int, tasks: list[str]) -> dict[str, Any]:
     """Base models → learning job on FUNSD training forms → before/after on the test forms."""
     with tempfile.TemporaryDirectory(prefix="paperloop-bench-loop-") as scratch:
         root = Path(scratch)
         cfg = PaperloopConfig.model_validate({
-            "paths": {"root": str(root)},
-            "learning": {"tasks": ["rec"], "min_new_documents": 1, "rec_epochs": epochs},
+            "paths": {"root": str(root)}, "learning": {"tasks": tasks, "min_new_documents": 1},
         })
         registry = ModelRegistry(cfg.paths.resolve("models"))
         install_base_models(registry)
-        labels = LabelStore(Store(cfg.paths.database))
-        pairs = split_pairs("training")
-        for i, (image, annotation) in enumerate(pairs[: forms + holdout]):
+        store = Store(cfg.paths.database)
+        labels = LabelStore(store)
+        for i, (image, annotation) in enumerate(split_pairs("training")[: forms + holdout]):
             lines = split_into_lines(read_funsd(annotation, image))
             labels.put(lines, "funsd", "holdout" if i >= forms else "train")
         print("reading the test forms with the base models...", flush=True)
         before = read_test_forms(cfg, registry)
-        print(f"running the learning job on {forms} forms ({epochs} epoch(s))...", flush=True)
+        print(f"running the learning job on {forms} forms ({', '.join(tasks)})...", flush=True)
         started = time.perf_counter()
-        (job,) = run_learning_job(cfg)
+        runs = run_learning_job(cfg)
         seconds = time.perf_counter() - started
-        print(f"job: {job.status} — {job.reason}", flush=True)
+        for job in runs:
+            print(f"{job.task}: {job.status} — {job.reason}", flush=True)
+        print("reading the test forms again...", flush=True)
         after = read_test_forms(cfg, registry)
-        card = registry.card("rec", job.candidate).metrics if job.candidate else {}
+        after["kie"] = kie_end_to_end(cfg, registry, root / "e2e")
+        after["kie_on_base_ocr"] = kie_on_base_ocr(cfg, registry, root / "e2e-base")
+        per_task = task_seconds(store)
+        jobs = {job.task: {"status": job.status, "reason": job.reason, "candidate": job.candidate,
+                           "seconds": per_task.get(job.task), "holdout": job.metrics,
+                           "card": registry.card(job.task, job.candidate).metrics if job.candidate else {},
+                           "data": registry.card(job.task, job.candidate).data_counts if job.candidate else {}}
+                for job in runs}
+    learning = cfg.learning
     return {"date": utc_date(), "machine": machine_info(), "versions": versions(),
-            "setting": {"train_forms": forms, "holdout_forms": holdout, "rec_epochs": epochs,
-                        "learning_rate": cfg.learning.rec_learning_rate},
-            "job": {"status": job.status, "reason": job.reason, "candidate": job.candidate,
-                    "seconds": round(seconds, 1), "holdout": job.metrics, "card": card},
-            "before": before, "after": after}
+            "setting": {"train_forms": forms, "holdout_forms": holdout, "tasks": tasks,
+                        "det_steps": learning.det_steps, "det_learning_rate": learning.det_learning_rate,
+                        "rec_epochs": learning.rec_epochs, "rec_learning_rate": learning.rec_learning_rate,
+                        "rec_synthetic_ratio": learning.rec_synthetic_ratio},
+            "job_seconds": round(seconds, 1), "jobs": jobs, "before": before, "after": after}
+
+
+def _fmt(value: Any) -> str:
+    return "—" if value is None else f"{value:.4f}" if isinstance(value, float) else str(value)
 
 
 def markdown(report: dict[str, Any]) -> str:
     """The report as a Markdown page."""
-    rows = ["| metric | before | after |", "|---|---|---|"]
+    before, after = report["before"], report["after"]
+    rows = ["| metric | before (base det/rec, no SER/RE) | after the job |", "|---|---|---|"]
     for key in ("det_precision", "det_recall", "det_hmean", "char_accuracy", "line_exact_match", "matched_lines"):
-        fmt = "{:.0f}" if key == "matched_lines" else "{:.4f}"
-        rows.append(f"| {key} | {fmt.format(report['before'][key])} | {fmt.format(report['after'][key])} |")
-    job = report["job"]
+        rows.append(f"| {key} | {_fmt(before[key])} | {_fmt(after[key])} |")
+    for key in ("ser_hmean", "re_hmean"):
+        base = (after["kie_on_base_ocr"] or {}).get(key)
+        rows.append(f"| {key} end to end | — (no model) | {_fmt((after['kie'] or {}).get(key))} "
+                    f"(on base det/rec: {_fmt(base)}) |")
+    jobs = ["| task | decision | wall time (s) | holdout: candidate | holdout: in service | data |", "|---|---|---|---|---|---|"]
+    for task, job in report["jobs"].items():
+        holdout = job["holdout"] or {}
+        short = {k: {m: round(v, 4) for m, v in list(d.items())[:3]} for k, d in holdout.items() if d}
+        jobs.append(f"| {task} | **{job['status']}**: {job['reason']} | {job['seconds']} | "
+                    f"{short.get('candidate', '—')} | {short.get('in_service', '—')} | {job['data']} |")
     return "\n".join([
-        "# Learning-loop benchmark (recognition, FUNSD)", "",
+        "# Learning-loop benchmark (FUNSD)", "",
         f"Date: {report['date']}  ", f"Machine: {report['machine']}  ", f"Versions: {report['versions']}", "",
         f"Setting: {report['setting']}", "",
-        f"Job: **{job['status']}** — {job['reason']} (candidate {job['candidate']}, {job['seconds']} s)", "",
-        f"Holdout metrics: {job['holdout']}", "",
-        "50 FUNSD test forms, OCR pipeline (det + rec), lines matched at IoU 0.5:", "", *rows, "",
-        f"Versions before: {report['before']['versions']}, after: {report['after']['versions']}", "",
+        f"The job, {report['job_seconds']} s in all:", "", *jobs, "",
+        "50 FUNSD test forms, OCR pipeline, lines matched at IoU 0.5:", "", *rows, "",
+        f"Versions before: {before['versions']}, after: {after['versions']}", "",
     ])
 
 
@@ -116,10 +172,10 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--forms", type=int, default=139, help="training forms used as reviewed documents")
     parser.add_argument("--holdout", type=int, default=10, help="further training forms frozen as holdout")
-    parser.add_argument("--epochs", type=int, default=1)
+    parser.add_argument("--tasks", default="det,rec,ser,re", help="comma-separated learning tasks")
     parser.add_argument("--out", type=Path, default=PROJECT_ROOT / "bench/results")
     args = parser.parse_args(argv)
-    report = run(args.forms, args.holdout, args.epochs)
+    report = run(args.forms, args.holdout, args.tasks.split(","))
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "loop.json").write_text(json.dumps(report, indent=2))
     (args.out / "loop.md").write_text(markdown(report))

@@ -185,10 +185,17 @@ class LearningConfig(StrictModel):
     interval_hours: float = Field(24.0, gt=0)
     cron: str = "0 2 * * *"  # minute hour day month weekday, used when trigger is "cron"
     misfire_grace_seconds: int = Field(3600, ge=1)
-    # rec: fine-tune recognition on reviewers' line texts (bench/loop.py: FUNSD line exact-match 0.42 → 0.61)
-    tasks: list[Literal["rec", "ser", "re"]] = ["rec", "ser", "re"]
-    rec_epochs: int = Field(2, ge=1)
+    # The tasks the job trains, in the order det, rec, ser, re (bench/loop.py measures each on FUNSD).
+    # det is opt-in: on FUNSD its candidates merged adjacent lines and scored lower (the gate rejects them).
+    tasks: list[Literal["det", "rec", "ser", "re"]] = ["rec", "ser", "re"]
+    det_steps: int = Field(300, ge=1)  # DB fine-tuning steps, one page crop each
+    det_learning_rate: float = Field(5e-5, gt=0)
+    det_crop_size: int = Field(640, ge=64)  # square crops at the page's own scale
+    rec_epochs: int = Field(1, ge=1)
     rec_learning_rate: float = Field(1e-4, gt=0)
+    # Forgetting guard: synthetic lines rendered with these fonts, this many per gold line.
+    rec_synthetic_ratio: float = Field(0.25, ge=0)
+    synthetic_font_dirs: list[str] = ["/usr/share/fonts/truetype/dejavu", "/usr/share/fonts/truetype/liberation"]
     min_new_documents: int = Field(20, ge=0)  # new gold documents since the task's last run
     margin: float = Field(0.005, ge=0)  # the main metric must improve by at least this
     tolerance: float = Field(0.01, ge=0)  # no other metric of the task may fall by more

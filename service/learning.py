@@ -1,12 +1,14 @@
-"""The learning loop for SER and RE: retrain on new gold labels, gate on the holdout set, promote.
+"""The learning loop: retrain det, rec, SER and RE on new gold labels, gate on the holdout set, promote.
 
 A run (scheduled inside ``paperloop serve`` by APScheduler, or ``paperloop train --now``) does, per
-task: skip when fewer than ``learning.min_new_documents`` gold documents arrived since the task's
+task (``learning.tasks``, in the order det, rec, SER, RE): skip when fewer than ``learning.min_new_documents`` gold documents arrived since the task's
 last run; train a candidate with the same code as ``paperloop train``; evaluate candidate and the
 version in service on the frozen ``holdout`` split (never trained on, never used for model
 selection); promote only when the Hmean improves by ``margin`` and no other metric of the task
 falls by more than ``tolerance``. Promotion is the atomic switch of ``current``; a failed or killed
-run leaves the versions in service untouched. Every run is recorded in ``learning_runs``.
+run leaves the versions in service untouched. Every run is recorded in ``learning_runs`` and
+writes a structured log (JSON lines: start, training progress, both evaluations, the decision)
+to ``<data>/learning-logs/``; training shows progress bars when stderr is a terminal.
 """
 
 from __future__ import annotations
@@ -29,7 +31,11 @@ from service.kie.evaluation import evaluate_gold
 from service.kie.inference import KieModels
 from service.kie.trainer import next_version, register, settings_from_config, split_validation, train_re, train_ser
 from service.labels import LabelStore
+from service.ocr_learning.det import det_metrics, train_det_candidate
+from service.ocr_learning.pages import gold_pages
+from service.ocr_learning.rec import line_samples, rec_metrics, train_rec_candidate
 from service.registry import ModelRegistry
+from service.run_log import RunLog
 from service.store import Store, utc_now
 
 log = logging.getLogger(__name__)
@@ -53,12 +59,13 @@ def holdout_metrics(cfg: PaperloopConfig, registry: ModelRegistry, task: str, pi
                     documents: list[Document]) -> dict[str, float]:
     """The task's metrics on gold documents with the given versions, the main one first.
 
-    SER / RE: Hmean first. rec: line accuracy (exact, spaces count), then character accuracy.
+    det, SER, RE: Hmean first. rec: line accuracy (exact, spaces count), then character accuracy.
     """
+    data_dir = cfg.paths.resolve("data")
+    if task == "det":
+        return det_metrics(cfg, registry, pinned["det"], list(gold_pages(documents, data_dir)))
     if task == "rec":
-        from service.rec_learning import line_samples, rec_metrics
-
-        return rec_metrics(cfg, registry, pinned["rec"], line_samples(documents, cfg.paths.resolve("data")))
+        return rec_metrics(cfg, registry, pinned["rec"], line_samples(documents, data_dir))
     kie = KieModels(registry, multiple_values=cfg.kie.multiple_values, link_threshold=cfg.kie.link_threshold,
                     pinned=pinned)
     report = evaluate_gold(kie, documents, cfg.kie.labels, cfg.kie.other_label)
@@ -116,21 +123,29 @@ def _record(store: Store, run: TaskRun, started_at: str) -> None:
         })
 
 
-def _train_candidate(cfg: PaperloopConfig, registry: ModelRegistry, task: str, train: list[Document]) -> str:
-    if task == "rec":
-        from service.rec_learning import line_samples, train_rec_candidate
-
-        samples = line_samples(train, cfg.paths.resolve("data"))
-        return train_rec_candidate(cfg, registry, samples, next_version(registry, "rec"))
+def _train_candidate(cfg: PaperloopConfig, registry: ModelRegistry, task: str, train: list[Document],
+                     run_log: RunLog) -> str:
+    data_dir = cfg.paths.resolve("data")
+    total = cfg.learning.det_steps if task == "det" else None
+    on_step, close = run_log.step_reporter(task, total)
+    try:
+        if task == "det":
+            return train_det_candidate(cfg, registry, list(gold_pages(train, data_dir)), next_version(registry, "det"),
+                                       on_step)
+        if task == "rec":
+            return train_rec_candidate(cfg, registry, line_samples(train, data_dir), next_version(registry, "rec"),
+                                       on_step)
+    finally:
+        close()
     settings = settings_from_config(cfg.kie)
     fit, val = split_validation(train, cfg.kie.training.validation_fraction, settings.seed)
-    with_lines = cfg.kie.training.line_augmentation
+    with_lines, progress = cfg.kie.training.line_augmentation, sys.stderr.isatty()
     if task == "ser":
-        trained = train_ser(fit, val, cfg.kie.labels, settings, with_lines, progress=False)
+        trained = train_ser(fit, val, cfg.kie.labels, settings, with_lines, progress=progress)
     else:
         kie = KieModels(registry)
         source = (lambda _examples: [kie.label(_copy(d)) for d in val]) if kie.refresh().get("ser") else None
-        trained = train_re(fit, val, cfg.kie.labels, settings, source, with_lines, progress=False)
+        trained = train_re(fit, val, cfg.kie.labels, settings, source, with_lines, progress=progress)
     return register(trained, registry, promote=False)
 
 
@@ -138,30 +153,35 @@ def _copy(document: Document) -> Document:
     return Document.from_dict(document.to_dict())
 
 
-def run_task(cfg: PaperloopConfig, store: Store, registry: ModelRegistry, task: str, force: bool = False) -> TaskRun:
+def run_task(cfg: PaperloopConfig, store: Store, registry: ModelRegistry, task: str, force: bool = False,
+             run_log: RunLog | None = None) -> TaskRun:
     """One task of a learning run (see the module docstring); never raises for a training failure."""
     started_at = utc_now()
+    run_log = run_log or RunLog(cfg.paths.resolve("data") / "learning-logs", started_at)
     labels = LabelStore(store)
     new = new_documents_since(store, last_trained_at(store, task))
     current = registry.current_version(task)
     holdout = labels.documents("holdout")
+    run_log.event(task, "start", in_service=current, new_documents=new, holdout_documents=len(holdout))
     if not force and new < cfg.learning.min_new_documents:
         run = TaskRun(task, "skipped", f"{new} new gold documents < {cfg.learning.min_new_documents}", None, current, new)
     elif not holdout:
         run = TaskRun(task, "skipped", "no holdout documents to evaluate on", None, current, new)
     else:
-        run = _train_and_gate(cfg, registry, task, labels.documents("train"), holdout, current, new)
+        run = _train_and_gate(cfg, registry, task, labels.documents("train"), holdout, current, new, run_log)
     _record(store, run, started_at)
-    log.info("learning %s: %s (%s)", task, run.status, run.reason)
+    run_log.event(task, run.status, reason=run.reason, candidate=run.candidate, metrics=run.metrics)
     return run
 
 
 def _train_and_gate(cfg: PaperloopConfig, registry: ModelRegistry, task: str, train: list[Document],
-                    holdout: list[Document], current: str | None, new: int) -> TaskRun:
+                    holdout: list[Document], current: str | None, new: int, run_log: RunLog) -> TaskRun:
     try:
-        candidate = _train_candidate(cfg, registry, task, train)
+        candidate = _train_candidate(cfg, registry, task, train, run_log)
+        run_log.event(task, "trained", candidate=candidate, card=registry.card(task, candidate).metrics)
         ours = holdout_metrics(cfg, registry, task, {task: candidate}, holdout)
         theirs = holdout_metrics(cfg, registry, task, {task: current}, holdout) if current else None
+        run_log.event(task, "evaluated", candidate=ours, in_service=theirs)
     except Exception as exc:  # noqa: BLE001 - a failed run must leave the service untouched
         log.exception("learning %s failed", task)
         return TaskRun(task, "failed", f"{type(exc).__name__}: {exc}", None, current, new)
@@ -177,11 +197,13 @@ def _train_and_gate(cfg: PaperloopConfig, registry: ModelRegistry, task: str, tr
 
 
 def run_learning_job(cfg: PaperloopConfig, force: bool = False) -> list[TaskRun]:
-    """A whole learning run over the configured tasks."""
+    """A whole learning run over the configured tasks, with one structured log."""
     store = Store(cfg.paths.database)
     registry = ModelRegistry(cfg.paths.resolve("models"))
-    # rec first (SER reads its text), SER before RE (RE learns from SER's output)
-    return [run_task(cfg, store, registry, task, force) for task in ("rec", "ser", "re") if task in cfg.learning.tasks]
+    run_log = RunLog(cfg.paths.resolve("data") / "learning-logs", utc_now())
+    # det and rec first (SER reads their output at inference), SER before RE (RE learns from SER's output)
+    return [run_task(cfg, store, registry, task, force, run_log)
+            for task in ("det", "rec", "ser", "re") if task in cfg.learning.tasks]
 
 
 def scheduled_learning_job(config_yaml: str) -> int:

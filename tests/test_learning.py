@@ -1,4 +1,4 @@
-"""The SER/RE learning loop: skip, train, gate on holdout, promote or reject, schedule, roll back."""
+"""The learning loop: skip, train det/rec/SER/RE, gate on holdout, promote or reject, schedule, roll back."""
 
 from __future__ import annotations
 
@@ -131,22 +131,37 @@ def test_scheduler_keeps_one_coalesced_job_in_the_database(cfg: PaperloopConfig)
         assert db.execute("SELECT COUNT(*) FROM apscheduler_jobs").fetchone()[0] == 1
 
 
-@pytest.mark.slow
-def test_rec_fine_tuning_on_wrong_texts_is_rejected(cfg: PaperloopConfig, tmp_path: Path) -> None:
+def _ocr_loop(cfg: PaperloopConfig, tmp_path: Path, tasks: list[str]) -> ModelRegistry:
+    """``cfg`` with a fresh registry of base models (det/rec versions get added) and quick settings."""
     from service.base_models import install_base_models
-    from service.kie.data import split_into_lines
 
-    cfg.paths.models = tmp_path / "rec-models"  # a registry of its own: rec versions get added
+    cfg.paths.models = tmp_path / "ocr-models"
     registry = ModelRegistry(cfg.paths.models)
     install_base_models(registry)
-    cfg.learning.tasks, cfg.learning.rec_epochs, cfg.learning.min_new_documents = ["rec"], 1, 1
-    cfg.learning.rec_learning_rate = 3e-4
+    cfg.learning.tasks, cfg.learning.min_new_documents = tasks, 1
+    cfg.learning.rec_epochs, cfg.learning.rec_learning_rate = 1, 3e-4
+    return registry
+
+
+def _lines(split: str, start: int, count: int):
+    from service.kie.data import split_into_lines
+
+    return [split_into_lines(document) for document in _forms(split, start, count)]
+
+
+def _log_events(cfg: PaperloopConfig) -> list[dict]:
+    (log_file,) = (cfg.paths.resolve("data") / "learning-logs").glob("*.jsonl")
+    return [json.loads(line) for line in log_file.read_text().splitlines()]
+
+
+@pytest.mark.slow
+def test_rec_fine_tuning_on_wrong_texts_is_rejected(cfg: PaperloopConfig, tmp_path: Path) -> None:
+    registry = _ocr_loop(cfg, tmp_path, ["rec"])
     labels = LabelStore(Store(cfg.paths.database))
-    for document in _forms("testing", 20, 2):
-        labels.put(split_into_lines(document), "funsd", "holdout")
+    for document in _lines("testing", 20, 2):
+        labels.put(document, "funsd", "holdout")
     rng = random.Random(1)
-    for document in _forms("training", 0, 2):
-        lines = split_into_lines(document)
+    for lines in _lines("training", 0, 2):
         texts = [s.text for s in lines.segments]
         rng.shuffle(texts)  # every crop gets some other line's text
         for segment, text in zip(lines.segments, texts):
@@ -158,6 +173,62 @@ def test_rec_fine_tuning_on_wrong_texts_is_rejected(cfg: PaperloopConfig, tmp_pa
     assert run.metrics["candidate"]["line_accuracy"] < run.metrics["in_service"]["line_accuracy"]
     assert registry.current_version("rec") == "base"
     card = registry.card("rec", run.candidate)
-    assert card.parent == "base" and card.data_counts["train_lines"] > 50
+    assert card.parent == "base" and card.data_counts["gold_lines"] > 50
     assert (registry.version_dir("rec", run.candidate) / "inference.pdmodel").read_bytes() == \
         (registry.version_dir("rec", "base") / "inference.pdmodel").read_bytes()
+
+
+@pytest.mark.slow
+def test_rec_fine_tuning_on_genuine_lines_is_promoted_and_used(cfg: PaperloopConfig, tmp_path: Path,
+                                                               funsd_page_path: Path) -> None:
+    registry = _ocr_loop(cfg, tmp_path, ["rec"])
+    store = Store(cfg.paths.database)
+    labels = LabelStore(store)
+    for document in _lines("testing", 20, 2):
+        labels.put(document, "funsd", "holdout")
+    for document in _lines("training", 0, 5):
+        labels.put(document, "review", "train")
+
+    (run,) = run_learning_job(cfg)
+    assert run.status == "promoted", run.reason
+    ours, theirs = run.metrics["candidate"], run.metrics["in_service"]
+    assert ours["line_accuracy"] >= theirs["line_accuracy"] + cfg.learning.margin
+    assert ours["char_accuracy"] >= theirs["char_accuracy"] - cfg.learning.tolerance
+    assert registry.current_version("rec") == run.candidate
+    card = registry.card("rec", run.candidate)
+    assert card.data_counts["synthetic_lines"] == round(card.data_counts["gold_lines"] * cfg.learning.rec_synthetic_ratio)
+    assert card.metrics["holdout"]["promoted"] is True and card.parent == "base"
+
+    # The next processed document is read by the new version, without a restart.
+    runner = JobRunner(cfg, store)
+    outcome = runner.process_job(runner.enqueue(funsd_page_path, keep_source=True).id, keep_source=True)
+    assert json.loads(outcome.json_path.read_text())["model_versions"]["rec"] == run.candidate
+    assert {s.rec_version for s in store.document(outcome.job.document_id).segments} == {run.candidate}
+
+    events = [(e["task"], e["event"]) for e in _log_events(cfg)]
+    assert events[0] == ("rec", "start") and events[-3:] == [("rec", "trained"), ("rec", "evaluated"),
+                                                              ("rec", "promoted")]
+    assert ("rec", "step") in events
+
+
+@pytest.mark.slow
+def test_det_fine_tuning_on_misplaced_boxes_is_rejected(cfg: PaperloopConfig, tmp_path: Path) -> None:
+    registry = _ocr_loop(cfg, tmp_path, ["det"])
+    cfg.learning.det_steps, cfg.learning.det_learning_rate = 30, 1e-4
+    labels = LabelStore(Store(cfg.paths.database))
+    for document in _lines("testing", 20, 2):
+        labels.put(document, "funsd", "holdout")
+    for lines in _lines("training", 0, 3):
+        for segment in lines.segments:  # each box moved down by two of its heights: between the lines
+            x0, y0, x1, y1 = segment.bbox
+            segment.box = [(x, y + 2 * (y1 - y0)) for x, y in segment.box]
+        labels.put(lines, "review", "train")
+
+    (run,) = run_learning_job(cfg)
+    assert run.status == "rejected", run.reason
+    assert run.metrics["candidate"]["hmean"] < run.metrics["in_service"]["hmean"]
+    assert registry.current_version("det") == "base"
+    card = registry.card("det", run.candidate)
+    assert card.parent == "base" and card.data_counts["pages"] == 3 and card.metrics["steps"] == 30
+    assert (registry.version_dir("det", run.candidate) / "inference.pdmodel").read_bytes() == \
+        (registry.version_dir("det", "base") / "inference.pdmodel").read_bytes()

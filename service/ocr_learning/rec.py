@@ -1,16 +1,18 @@
 """Recognition in the learning loop: gold line crops in, a fine-tuned PP-OCRv4 rec version out.
 
 Samples are the gold segments' texts and their crops from the page images (as reviewers fixed
-them). The candidate starts from the version in service, is fine-tuned with CTC (BatchNorm
-frozen), and is exported into the original ``.pdmodel`` graph as a new registry version.
+them), mixed with synthetic lines rendered with real fonts (``learning.rec_synthetic_ratio`` per
+gold line; see :mod:`service.ocr_learning.synthetic`). The candidate starts from the version in
+service, is fine-tuned with CTC (BatchNorm frozen), and is exported into the original
+``.pdmodel`` graph as a new registry version.
 """
 
 from __future__ import annotations
 
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
-import cv2
 import numpy as np
 
 from service.config import PaperloopConfig
@@ -20,24 +22,19 @@ from service.finetune.rec_model import load_rec_model
 from service.finetune.rec_train import FinetuneSettings, LabelEncoder, RecSample, export_rec, finetune_rec, load_charset
 from service.ocr.engine import Predictor
 from service.ocr.recognizer import TextRecognizer, crop_quad, load_charset_from_list
+from service.ocr_learning.pages import gold_pages
+from service.ocr_learning.synthetic import synthetic_samples
 from service.registry import ModelCard, ModelRegistry
 
 
 def line_samples(documents: list[Document], data_dir: Path) -> list[RecSample]:
     """(crop, text) for every gold segment with text whose page image can be read."""
     samples = []
-    for document in documents:
-        for page in document.pages:
-            if not page.image:
-                continue
-            path = Path(page.image) if Path(page.image).is_absolute() else data_dir / page.image
-            image = cv2.imread(str(path), cv2.IMREAD_COLOR)
-            if image is None:
-                continue
-            for segment in page.segments:
-                text = " ".join(segment.text.split())
-                if text:
-                    samples.append(RecSample(crop_quad(image, np.asarray(segment.box, dtype=np.float32)), text))
+    for page in gold_pages(documents, data_dir):
+        for segment, polygon in zip(page.segments, page.polygons()):
+            text = " ".join(segment.text.split())
+            if text:
+                samples.append(RecSample(crop_quad(page.image, polygon), text))
     return samples
 
 
@@ -52,17 +49,29 @@ def rec_metrics(cfg: PaperloopConfig, registry: ModelRegistry, version: str, sam
             "char_accuracy": sum(char_accuracy(s.text, t) for t, s in zip(texts, samples)) / n}
 
 
-def train_rec_candidate(cfg: PaperloopConfig, registry: ModelRegistry, samples: list[RecSample], version: str) -> str:
-    """Fine-tune the rec version in service on ``samples``; register the result as ``version``."""
+def training_mix(cfg: PaperloopConfig, gold: list[RecSample], seed: int = 0) -> list[RecSample]:
+    """The gold lines plus ``rec_synthetic_ratio`` synthetic lines per gold line."""
+    learning = cfg.learning
+    count = int(round(len(gold) * learning.rec_synthetic_ratio))
+    return gold + synthetic_samples([s.text for s in gold], count, learning.synthetic_font_dirs, seed)
+
+
+def train_rec_candidate(cfg: PaperloopConfig, registry: ModelRegistry, gold: list[RecSample], version: str,
+                        on_step: Callable[[int, float], None] | None = None) -> str:
+    """Fine-tune the rec version in service on ``gold`` (plus synthetic lines); register the
+    result as ``version``."""
     parent, parent_dir = registry.current_dir("rec")
     model = load_rec_model(parent_dir)
+    samples = training_mix(cfg, gold)
     settings = FinetuneSettings(epochs=cfg.learning.rec_epochs, learning_rate=cfg.learning.rec_learning_rate)
-    report = finetune_rec(model, samples, LabelEncoder(load_charset(parent_dir)), settings, cfg.ocr.rec)
+    report = finetune_rec(model, samples, LabelEncoder(load_charset(parent_dir)), settings, cfg.ocr.rec, on_step)
     card = ModelCard(task="rec", version=version, model_name=registry.card("rec", parent).model_name, parent=parent,
                      source="paperloop learning job (CTC fine-tuning)",
-                     data_counts={"train_lines": report.samples, "skipped_lines": report.skipped},
+                     data_counts={"gold_lines": len(gold), "synthetic_lines": len(samples) - len(gold),
+                                  "train_lines": report.samples, "skipped_lines": report.skipped},
                      metrics={"train_seconds": round(report.seconds, 1), "steps": report.steps,
-                              "last_loss": report.step_losses[-1] if report.step_losses else None})
+                              "last_loss": report.step_losses[-1] if report.step_losses else None,
+                              "mean_loss_last_50": float(np.mean(report.step_losses[-50:])) if report.step_losses else None})
     with tempfile.TemporaryDirectory(prefix="paperloop-rec-") as scratch:
         out = export_rec(model, parent_dir, Path(scratch) / "out")
         files = {name: out / name for name in ("inference.pdmodel", "inference.pdiparams")}
