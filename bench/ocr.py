@@ -39,6 +39,8 @@ from datetime import datetime, timezone  # noqa: E402
 from importlib import metadata  # noqa: E402
 from typing import Any  # noqa: E402
 
+import yaml  # noqa: E402
+
 # PaddleX (under PaddleOCR) pings model hosters at import unless told not to.
 os.environ.setdefault("PADDLE_PDX_DISABLE_MODEL_SOURCE_CHECK", "True")
 
@@ -117,7 +119,8 @@ def paddleocr_kwargs(det_dir: Path, rec_dir: Path, cfg: OcrConfig) -> dict[str, 
     ``engine_config`` keeps Paddle Inference on the old IR. A user ``engine_config`` replaces the
     one PaddleOCR builds from ``cpu_threads`` / ``enable_mkldnn``, so it repeats those settings.
     """
-    det, rec = cfg.det, cfg.rec
+    postprocess = yaml.safe_load((det_dir / "inference.yml").read_text(encoding="utf-8")).get("PostProcess", {})
+    det, rec = cfg.det.resolved(postprocess), cfg.rec
     return {
         "text_detection_model_name": "PP-OCRv4_mobile_det",
         "text_detection_model_dir": str(det_dir),

@@ -32,7 +32,7 @@ def _report(trained: TrainedModel, version: str, registry: ModelRegistry) -> Non
 
 
 @click.command("train")
-@click.argument("task", type=click.Choice(["ser", "re"]), required=False)
+@click.argument("task", type=click.Choice(["det", "rec", "ser", "re"]), required=False)
 @click.option("--now", is_flag=True, help="Run the scheduled learning job now (train, gate on holdout, promote).")
 @click.option("--force", is_flag=True, help="With --now: train even without enough new gold documents.")
 @click.option("--epochs", type=int, default=None, help="Override kie.training.epochs.")
@@ -43,17 +43,20 @@ def train(cfg: PaperloopConfig, task: str | None, now: bool, force: bool, epochs
           promote: bool) -> None:
     """Train SER or RE on the gold labels and store the model in the registry.
 
-    With --now, run the learning job instead: every task in `learning.tasks`, gated on holdout.
+    With --now, run the learning job instead: every task in `learning.tasks` (or only TASK, which
+    may be det or rec too), gated on holdout.
     """
     if now:
         from service.learning import run_learning_job
 
-        for run in run_learning_job(cfg, force):
+        for run in run_learning_job(cfg, force, [task] if task else None):
             click.echo(f"{run.task}: {run.status} — {run.reason}"
                        + (f" (candidate {run.candidate})" if run.candidate else ""))
         return
     if task is None:
         raise click.UsageError("name a TASK (ser or re), or use --now")
+    if task in ("det", "rec"):
+        raise click.UsageError(f"{task} is fine-tuned by the learning job: paperloop train --now {task}")
     store = Store(cfg.paths.database)
     registry = ModelRegistry(cfg.paths.resolve("models"))
     train_docs, val_docs = _train_and_validation(cfg, LabelStore(store))

@@ -196,14 +196,14 @@ def _train_and_gate(cfg: PaperloopConfig, registry: ModelRegistry, task: str, tr
                    {"candidate": ours, "in_service": theirs})
 
 
-def run_learning_job(cfg: PaperloopConfig, force: bool = False) -> list[TaskRun]:
-    """A whole learning run over the configured tasks, with one structured log."""
+def run_learning_job(cfg: PaperloopConfig, force: bool = False, tasks: list[str] | None = None) -> list[TaskRun]:
+    """A whole learning run over ``tasks`` (default: ``learning.tasks``), with one structured log."""
     store = Store(cfg.paths.database)
     registry = ModelRegistry(cfg.paths.resolve("models"))
     run_log = RunLog(cfg.paths.resolve("data") / "learning-logs", utc_now())
     # det and rec first (SER reads their output at inference), SER before RE (RE learns from SER's output)
     return [run_task(cfg, store, registry, task, force, run_log)
-            for task in ("det", "rec", "ser", "re") if task in cfg.learning.tasks]
+            for task in ("det", "rec", "ser", "re") if task in (tasks or cfg.learning.tasks)]
 
 
 def scheduled_learning_job(config_yaml: str) -> int:

@@ -84,3 +84,7 @@ def test_train_and_eval_commands_on_gold_labels(own_registry: PaperloopConfig) -
     assert report["scores"]["overall"]["gold"] > 0
     again = _invoke(cfg, "train", "ser", "--epochs", "1")
     assert "not in service" in again.output  # a second model waits for promotion
+    job = _invoke(cfg, "train", "--now", "re")  # the learning job for one task: too few new documents
+    assert job.output.strip() == "re: skipped — 6 new gold documents < 20"
+    refused = CliRunner().invoke(cli, ["--config", str(cfg.paths.resolve("data") / "config.yaml"), "train", "rec"])
+    assert refused.exit_code == 2 and "paperloop train --now rec" in refused.output

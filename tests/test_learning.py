@@ -6,6 +6,8 @@ import json
 import random
 from pathlib import Path
 
+import cv2
+import numpy as np
 import pytest
 import yaml
 from click.testing import CliRunner
@@ -154,6 +156,18 @@ def _log_events(cfg: PaperloopConfig) -> list[dict]:
     return [json.loads(line) for line in log_file.read_text().splitlines()]
 
 
+def _assert_worse_and_rejected(run, registry: ModelRegistry, main_metric: str):
+    """The candidate scored lower on holdout, stays out of service, and kept the base graph."""
+    assert run.status == "rejected", run.reason
+    assert run.metrics["candidate"][main_metric] < run.metrics["in_service"][main_metric]
+    assert registry.current_version(run.task) == "base"
+    card = registry.card(run.task, run.candidate)
+    assert card.parent == "base"
+    assert (registry.version_dir(run.task, run.candidate) / "inference.pdmodel").read_bytes() == \
+        (registry.version_dir(run.task, "base") / "inference.pdmodel").read_bytes()
+    return card
+
+
 @pytest.mark.slow
 def test_rec_fine_tuning_on_wrong_texts_is_rejected(cfg: PaperloopConfig, tmp_path: Path) -> None:
     registry = _ocr_loop(cfg, tmp_path, ["rec"])
@@ -169,13 +183,8 @@ def test_rec_fine_tuning_on_wrong_texts_is_rejected(cfg: PaperloopConfig, tmp_pa
         labels.put(lines, "review", "train")
 
     (run,) = run_learning_job(cfg)
-    assert run.status == "rejected", run.reason
-    assert run.metrics["candidate"]["line_accuracy"] < run.metrics["in_service"]["line_accuracy"]
-    assert registry.current_version("rec") == "base"
-    card = registry.card("rec", run.candidate)
-    assert card.parent == "base" and card.data_counts["gold_lines"] > 50
-    assert (registry.version_dir("rec", run.candidate) / "inference.pdmodel").read_bytes() == \
-        (registry.version_dir("rec", "base") / "inference.pdmodel").read_bytes()
+    card = _assert_worse_and_rejected(run, registry, "line_accuracy")
+    assert card.data_counts["gold_lines"] > 50
 
 
 @pytest.mark.slow
@@ -225,10 +234,47 @@ def test_det_fine_tuning_on_misplaced_boxes_is_rejected(cfg: PaperloopConfig, tm
         labels.put(lines, "review", "train")
 
     (run,) = run_learning_job(cfg)
-    assert run.status == "rejected", run.reason
-    assert run.metrics["candidate"]["hmean"] < run.metrics["in_service"]["hmean"]
-    assert registry.current_version("det") == "base"
+    card = _assert_worse_and_rejected(run, registry, "hmean")
+    assert card.data_counts["pages"] == 3 and card.metrics["steps"] == 30
+
+
+@pytest.mark.slow
+def test_det_post_processing_is_calibrated_to_the_reviewers_boxes(cfg: PaperloopConfig, tmp_path: Path,
+                                                                  funsd_page_path: Path) -> None:
+    """Reviewers who draw looser boxes than the shipped model's get a det version that grows its
+    boxes to match: calibrated on train pages, better on holdout, promoted, used by the engine."""
+    registry = _ocr_loop(cfg, tmp_path, ["det"])
+    labels = LabelStore(Store(cfg.paths.database))
+
+    def loose(lines):
+        for segment in lines.segments:  # a third of the line height added above and below
+            x0, y0, x1, y1 = segment.bbox
+            pad = (y1 - y0) / 3
+            segment.box = [(x0, y0 - pad), (x1, y0 - pad), (x1, y1 + pad), (x0, y1 + pad)]
+        return lines
+
+    for document in _lines("testing", 20, 3):
+        labels.put(loose(document), "funsd", "holdout")
+    for document in _lines("training", 0, 6):
+        labels.put(loose(document), "review", "train")
+
+    (run,) = run_learning_job(cfg)
+    assert run.status == "promoted", run.reason
     card = registry.card("det", run.candidate)
-    assert card.parent == "base" and card.data_counts["pages"] == 3 and card.metrics["steps"] == 30
-    assert (registry.version_dir("det", run.candidate) / "inference.pdmodel").read_bytes() == \
-        (registry.version_dir("det", "base") / "inference.pdmodel").read_bytes()
+    assert card.metrics["steps"] == 0 and card.metrics["calibration"]["unclip_ratio"] > 1.5
+    postprocess = registry.inference_config("det", run.candidate)["PostProcess"]
+    assert postprocess["unclip_ratio"] == card.metrics["calibration"]["unclip_ratio"]
+    assert (registry.version_dir("det", run.candidate) / "inference.pdiparams").read_bytes() == \
+        (registry.version_dir("det", "base") / "inference.pdiparams").read_bytes()
+
+    from service.ocr import OcrEngine
+
+    page = cv2.imread(str(funsd_page_path))
+    engine = OcrEngine(registry, cfg.ocr)
+    assert engine.versions["det"] == run.candidate
+    grown = engine.detect(page)
+    registry.set_current("det", "base")
+    engine.refresh()
+    shipped = engine.detect(page)
+    height = lambda boxes: float(np.median([b.points[:, 1].max() - b.points[:, 1].min() for b in boxes]))  # noqa: E731
+    assert height(grown) > 1.1 * height(shipped)

@@ -164,6 +164,15 @@ def test_data_and_models_pages(app_env: PaperloopConfig, tmp_path: Path) -> None
     text = " ".join(m.value for m in at.markdown)
     assert "det · in service: `base`" in text and "rec · in service: `base`" in text
     assert any("No version has an evaluation Hmean yet" in i.value for i in at.info)
+    assert any("The learning job has not run yet" in i.value for i in at.info)
+    with service.store.transaction() as db:
+        db["learning_runs"].insert({"task": "rec", "started_at": "2026-11-24T01:00:00.000+00:00",
+                                    "finished_at": "2026-11-24T01:05:00.000+00:00", "status": "rejected",
+                                    "reason": "line_accuracy 0.40 vs 0.47", "candidate": "v2", "current": "base",
+                                    "new_documents": 21, "metrics": "{}"})
+    at.run()
+    runs = at.dataframe[-1].value
+    assert list(runs["Decision"]) == ["rejected"] and list(runs["Why"]) == ["line_accuracy 0.40 vs 0.47"]
 
 
 def test_review_command_refuses_an_open_address_without_a_password(app_env: PaperloopConfig) -> None:

@@ -1,4 +1,5 @@
-"""Models page: versions per task with their metrics, the one in service, Hmean across versions."""
+"""Models page: versions per task with their metrics, the one in service, Hmean across versions, and
+the learning job's runs."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import streamlit as st
 
 from service.config import PaperloopConfig
 from service.registry import TASKS, ModelRegistry
-from service.review import ReviewService, hmean_history, model_versions
+from service.review import ReviewService, hmean_history, learning_history, model_versions
 
 
 def render(service: ReviewService, cfg: PaperloopConfig, reviewer: str) -> None:
@@ -45,3 +46,17 @@ def render(service: ReviewService, cfg: PaperloopConfig, reviewer: str) -> None:
             "Data": json.dumps(r["data_counts"]) if r["data_counts"] else "",
             "Metrics": json.dumps(r["metrics"]) if r["metrics"] else "",
         } for r in task_rows]), hide_index=True, width="stretch")
+    _learning_runs(service)
+
+
+def _learning_runs(service: ReviewService) -> None:
+    st.markdown("#### Learning runs")
+    runs = learning_history(service.store)
+    if not runs:
+        st.info("The learning job has not run yet (`paperloop train --now` runs it by hand).")
+        return
+    st.dataframe(pd.DataFrame([{
+        "Started (UTC)": r["started_at"][:19], "Task": r["task"], "Decision": r["status"], "Why": r["reason"],
+        "Candidate": r["candidate"] or "", "In service before": r["in_service"] or "",
+        "New gold documents": r["new_documents"],
+    } for r in runs]), hide_index=True, width="stretch")

@@ -45,7 +45,8 @@ class OcrEngine:
         with self._lock:
             det_version, det_dir = self._registry.current_dir("det")
             if self.versions.get("det") != det_version:
-                self._detector = TextDetector(Predictor(det_dir, self._cfg.threads, self._cfg.use_mkldnn), self._cfg.det)
+                self._detector = TextDetector(Predictor(det_dir, self._cfg.threads, self._cfg.use_mkldnn), self._cfg.det,
+                                              self._registry.inference_config("det", det_version).get("PostProcess"))
                 self.versions["det"] = det_version
             rec_version, rec_dir = self._registry.current_dir("rec")
             if self.versions.get("rec") != rec_version:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import cv2
 import numpy as np
@@ -132,13 +134,22 @@ def sort_reading_order(boxes: list[DetectedBox], line_tolerance: float = 10.0) -
 class TextDetector:
     """Finds text lines on a page image with a DB model from the registry."""
 
-    def __init__(self, predictor: Predictor, cfg: DetConfig) -> None:
+    def __init__(self, predictor: Predictor, cfg: DetConfig, postprocess: Mapping[str, Any] | None = None) -> None:
+        """``postprocess``: the model's own ``PostProcess`` values, used where ``cfg`` leaves them unset."""
         self._predictor = predictor
-        self._cfg = cfg
+        self._cfg = cfg.resolved(postprocess or {})
+
+    @property
+    def config(self) -> DetConfig:
+        """The configuration in use, post-processing values resolved."""
+        return self._cfg
+
+    def probability_map(self, image_bgr: np.ndarray) -> np.ndarray:
+        """The model's text probability map of a page (at the detector's input size)."""
+        resized, _, _ = resize_for_detection(image_bgr, self._cfg)
+        return self._predictor(to_detector_input(resized))[0, 0]
 
     def __call__(self, image_bgr: np.ndarray) -> list[DetectedBox]:
         """Detect text regions on an HWC uint8 BGR page, in reading order."""
         h, w = image_bgr.shape[:2]
-        resized, _, _ = resize_for_detection(image_bgr, self._cfg)
-        prob = self._predictor(to_detector_input(resized))[0, 0]
-        return sort_reading_order(boxes_from_probability_map(prob, h, w, self._cfg))
+        return sort_reading_order(boxes_from_probability_map(self.probability_map(image_bgr), h, w, self._cfg))

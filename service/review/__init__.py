@@ -26,7 +26,7 @@ from service.review.edits import (
 )
 from service.review.exports import EXPORT_FORMATS, export_det, export_gold, export_kie, export_rec, resolve_image
 from service.review.gold import BOX_TOLERANCE, Change, diff_documents, to_gold
-from service.review.models import hmean_history, model_versions
+from service.review.models import hmean_history, learning_history, model_versions
 from service.review.queue import (
     QUEUE_ORDERS, REVIEW_SOURCE, REVIEWED, WAITING, ClaimError, ConflictError, QueueItem, ReviewError,
     ReviewService, SaveResult, human_age, task_counts,
@@ -55,5 +55,5 @@ __all__ = [
     # exports
     "EXPORT_FORMATS", "export_det", "export_gold", "export_kie", "export_rec", "resolve_image",
     # model versions
-    "hmean_history", "model_versions",
+    "hmean_history", "learning_history", "model_versions",
 ]

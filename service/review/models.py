@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any, Mapping
 
 from service.registry import ModelRegistry, RegistryError
+from service.store import Store
 
 
 def model_versions(registry: ModelRegistry) -> list[dict[str, Any]]:
@@ -48,3 +49,12 @@ def hmean_history(registry: ModelRegistry) -> list[dict[str, Any]]:
                              "hmean": float(value), "created_at": version["created_at"],
                              "series": f"{version['task']} · {metric}"})
     return rows
+
+
+def learning_history(store: Store, limit: int = 200) -> list[dict[str, Any]]:
+    """The learning job's runs, newest first: task, decision and why, versions and data counts."""
+    with store.transaction() as db:
+        rows = db.execute("SELECT started_at, finished_at, task, status, reason, candidate, current, new_documents "
+                          "FROM learning_runs ORDER BY id DESC LIMIT ?", [limit]).fetchall()
+    keys = ("started_at", "finished_at", "task", "status", "reason", "candidate", "in_service", "new_documents")
+    return [dict(zip(keys, row)) for row in rows]
