@@ -197,3 +197,19 @@ def test_exporting_the_base_weights_reproduces_the_base_file(base_dir: Path, tmp
     assert filecmp.cmp(out / "inference.pdiparams", base_dir / "inference.pdiparams", shallow=False)
     with pytest.raises(ValueError):
         export_det(load_detector(base_dir), base_dir, base_dir)
+
+
+def test_matched_shrink_ratio_kernels_grow_back_to_the_gold_box() -> None:
+    from service.finetune.det_train import SHRINK_RATIO, matched_shrink_ratio
+    from service.ocr.detector import boxes_from_probability_map
+
+    line = box_to_polygon((20, 40, 620, 70))  # 600 × 30 px
+    post = DetConfig().resolved({})  # the shipped post-processing: unclip 1.5
+
+    def round_trip(shrink_ratio: float) -> float:
+        kernel = make_targets([line], 120, 640, shrink_ratio=shrink_ratio).shrink_map
+        (box,) = boxes_from_probability_map(kernel, 120, 640, post)
+        return float(np.ptp(box.points[:, 1]))
+
+    assert abs(round_trip(matched_shrink_ratio(post.unclip_ratio)) - 30) <= 3
+    assert round_trip(SHRINK_RATIO) < 20  # DB's own ratio: boxes come back far too thin

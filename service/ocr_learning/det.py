@@ -2,12 +2,14 @@
 
 A candidate starts from the version in service and gets two things:
 
-* optionally (``learning.det_steps`` > 0) its weights fine-tuned with the DB loss (BatchNorm
-  frozen) on random crops (``learning.det_crop_size`` square, at the page's own scale, which is
-  the scale inference sees with the default ``ocr.det`` limits) centred near a gold box, boxes cut
-  by a crop's edge masked out of the loss, and written into the original ``.pdmodel`` graph. Off
-  by default: on FUNSD every setting tried made the probability maps thin and striped and the
-  Hmean lower (see README.md, "Learning loop");
+* (when ``learning.det_steps`` > 0) its weights fine-tuned with the DB loss (BatchNorm frozen) on
+  random crops (``learning.det_crop_size`` square, at the page's own scale, which is the scale
+  inference sees with the default ``ocr.det`` limits) centred near a gold box, boxes cut by a
+  crop's edge masked out of the loss, targets shrunk so that the unclip of inference grows the
+  kernels back to the gold box (:func:`~service.finetune.det_train.matched_shrink_ratio`), and
+  written into the original ``.pdmodel`` graph. Small steps only: on FUNSD, DB's own shrink ratio,
+  larger learning rates or more steps made the probability maps thin and striped and the Hmean
+  lower (``bench/results/det_finetune.md``);
 * its DB post-processing (``thresh``, ``box_thresh``, ``unclip_ratio``) calibrated on the gold
   pages, written into the version's ``inference.yml`` ``PostProcess``, which the OCR engine uses
   where ``ocr.det`` leaves those values unset (the default).
@@ -30,7 +32,9 @@ import numpy as np
 from service.config import DetConfig, PaperloopConfig
 from service.evaluation import DetectionCounts, detection_scores, evaluate_page
 from service.finetune.det_model import load_detector
-from service.finetune.det_train import DetSample, DetTrainConfig, crop_with_polygons, export_det, finetune_det, prepare_sample
+from service.finetune.det_train import (
+    SHRINK_RATIO, DetSample, DetTrainConfig, crop_with_polygons, export_det, finetune_det, matched_shrink_ratio,
+    prepare_sample)
 from service.ocr.detector import TextDetector, boxes_from_probability_map
 from service.ocr.engine import Predictor
 from service.ocr_learning.pages import GoldPage
@@ -49,10 +53,12 @@ class RandomCrops(Sequence[DetSample]):
     Crops are made when asked for, so a large gold set never sits in memory as float maps.
     """
 
-    def __init__(self, pages: Sequence[GoldPage], size: int, det_cfg: DetConfig, seed: int = 0) -> None:
+    def __init__(self, pages: Sequence[GoldPage], size: int, det_cfg: DetConfig, seed: int = 0,
+                 shrink_ratio: float = SHRINK_RATIO) -> None:
         self._pages = [p for p in pages if p.segments]
         self._size = size
         self._det_cfg = det_cfg
+        self._shrink_ratio = shrink_ratio
         self._rng = random.Random(seed)
 
     def __len__(self) -> int:
@@ -67,14 +73,16 @@ class RandomCrops(Sequence[DetSample]):
         x0 = int(np.clip(cx - width / 2 + self._rng.uniform(-0.25, 0.25) * width, 0, w - width))
         y0 = int(np.clip(cy - height / 2 + self._rng.uniform(-0.25, 0.25) * height, 0, h - height))
         crop, kept, ignore = crop_with_polygons(page.image, polygons, x0, y0, width, height)
-        return prepare_sample(crop, kept, ignore, self._det_cfg)
+        return prepare_sample(crop, kept, ignore, self._det_cfg, self._shrink_ratio)
 
 
-def _detector(cfg: PaperloopConfig, model_dir: Path, postprocess: Mapping[str, Any]) -> TextDetector:
+def page_detector(cfg: PaperloopConfig, model_dir: Path, postprocess: Mapping[str, Any]) -> TextDetector:
+    """A detector on a model folder, with ``postprocess`` where ``ocr.det`` leaves values unset."""
     return TextDetector(Predictor(model_dir, cfg.ocr.threads, cfg.ocr.use_mkldnn), cfg.ocr.det, postprocess)
 
 
-def _counts(prob_maps: Sequence[np.ndarray], pages: Sequence[GoldPage], det_cfg: DetConfig) -> DetectionCounts:
+def detection_counts(prob_maps: Sequence[np.ndarray], pages: Sequence[GoldPage], det_cfg: DetConfig) -> DetectionCounts:
+    """Boxes post-processed from each page's probability map, matched to its gold boxes (IoU 0.5)."""
     evaluations = []
     for prob, page in zip(prob_maps, pages):
         h, w = page.image.shape[:2]
@@ -87,9 +95,9 @@ def _counts(prob_maps: Sequence[np.ndarray], pages: Sequence[GoldPage], det_cfg:
 def det_metrics(cfg: PaperloopConfig, registry: ModelRegistry, version: str,
                 pages: Sequence[GoldPage]) -> dict[str, float]:
     """Hmean first, then precision and recall of the version's boxes against the gold boxes."""
-    detector = _detector(cfg, registry.version_dir("det", version),
+    detector = page_detector(cfg, registry.version_dir("det", version),
                          registry.inference_config("det", version).get("PostProcess", {}))
-    counts = _counts([detector.probability_map(p.image) for p in pages], pages, detector.config)
+    counts = detection_counts([detector.probability_map(p.image) for p in pages], pages, detector.config)
     return {"hmean": counts.hmean, "precision": counts.precision, "recall": counts.recall}
 
 
@@ -100,16 +108,16 @@ def calibrate_postprocess(detector: TextDetector, pages: Sequence[GoldPage]) -> 
     best: tuple[float, dict[str, float]] = (-1.0, {})
     for values in product(*POSTPROCESS_GRID.values()):
         candidate = dict(zip(POSTPROCESS_GRID, values))
-        hmean = _counts(prob_maps, pages, detector.config.model_copy(update=candidate)).hmean
+        hmean = detection_counts(prob_maps, pages, detector.config.model_copy(update=candidate)).hmean
         if hmean > best[0]:
             best = (hmean, candidate)
     return best[1], best[0]
 
 
-def _finetune_weights(cfg: PaperloopConfig, parent_dir: Path, pages: Sequence[GoldPage], out_dir: Path,
-                      on_step: Callable[[int, dict[str, float]], None] | None) -> dict[str, Any]:
+def _finetune_weights(cfg: PaperloopConfig, parent_dir: Path, unclip_ratio: float, pages: Sequence[GoldPage],
+                      out_dir: Path, on_step: Callable[[int, dict[str, float]], None] | None) -> dict[str, Any]:
     learning = cfg.learning
-    crops = RandomCrops(pages, learning.det_crop_size, cfg.ocr.det)
+    crops = RandomCrops(pages, learning.det_crop_size, cfg.ocr.det, shrink_ratio=matched_shrink_ratio(unclip_ratio))
     model = load_detector(parent_dir)
     settings = DetTrainConfig(steps=learning.det_steps, learning_rate=learning.det_learning_rate,
                               threshold_warmup_steps=min(50, learning.det_steps // 4))
@@ -136,10 +144,11 @@ def train_det_candidate(cfg: PaperloopConfig, registry: ModelRegistry, pages: Se
         weights_dir = parent_dir
         if cfg.learning.det_steps > 0:
             weights_dir = Path(scratch) / "out"
-            metrics = _finetune_weights(cfg, parent_dir, pages, weights_dir, on_step)
+            unclip = cfg.ocr.det.resolved(inference.get("PostProcess", {})).unclip_ratio
+            metrics = _finetune_weights(cfg, parent_dir, unclip, pages, weights_dir, on_step)
         sample = random.Random(0).sample(pages, min(CALIBRATION_PAGES, len(pages)))
         started = time.perf_counter()
-        values, hmean = calibrate_postprocess(_detector(cfg, weights_dir, inference.get("PostProcess", {})), sample)
+        values, hmean = calibrate_postprocess(page_detector(cfg, weights_dir, inference.get("PostProcess", {})), sample)
         inference["PostProcess"] = {**inference.get("PostProcess", {}), **values}
         metrics.update(calibration={"pages": len(sample), "hmean": hmean, **values,
                                     "seconds": round(time.perf_counter() - started, 1)})
