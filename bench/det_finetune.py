@@ -132,7 +132,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--forms", type=int, default=20)
     parser.add_argument("--validation", type=int, default=10)
-    parser.add_argument("--settings", default="adam:30:5e-6,adam:30:5e-6:0.632,adam:100:5e-5,adam:100:5e-5:0.632,sgd:100:1e-3")
+    parser.add_argument("--settings", default="adam:30:5e-6,adam:30:5e-6:0.632,adam:100:5e-5,adam:100:5e-5:0.632,sgd:100:1e-3,"
+                        "adam:100:2e-6:0.632,adam:100:5e-6:0.632,adam:200:5e-6:0.632,adam:100:1e-5:0.632")
     parser.add_argument("--out", type=Path, default=PROJECT_ROOT / "bench/results")
     args = parser.parse_args(argv)
     report = run(args.forms, args.validation, args.settings.split(","))

@@ -101,16 +101,25 @@ def det_metrics(cfg: PaperloopConfig, registry: ModelRegistry, version: str,
     return {"hmean": counts.hmean, "precision": counts.precision, "recall": counts.recall}
 
 
-def calibrate_postprocess(detector: TextDetector, pages: Sequence[GoldPage]) -> tuple[dict[str, float], float]:
+def calibrate_postprocess(detector: TextDetector, pages: Sequence[GoldPage],
+                          tolerance: float) -> tuple[dict[str, float], float]:
     """The DB post-processing values of :data:`POSTPROCESS_GRID` with the best Hmean on ``pages``
-    (the model runs once per page), and that Hmean."""
+    (the model runs once per page), and that Hmean.
+
+    Like the gate, it never trades one metric for another: values whose precision or recall falls
+    more than ``tolerance`` below the detector's own values are not considered.
+    """
     prob_maps = [detector.probability_map(p.image) for p in pages]
-    best: tuple[float, dict[str, float]] = (-1.0, {})
+    own = detection_counts(prob_maps, pages, detector.config)
+    names = ("thresh", "box_thresh", "unclip_ratio")
+    best = (own.hmean, {name: getattr(detector.config, name) for name in names})
     for values in product(*POSTPROCESS_GRID.values()):
         candidate = dict(zip(POSTPROCESS_GRID, values))
-        hmean = detection_counts(prob_maps, pages, detector.config.model_copy(update=candidate)).hmean
-        if hmean > best[0]:
-            best = (hmean, candidate)
+        counts = detection_counts(prob_maps, pages, detector.config.model_copy(update=candidate))
+        if counts.precision < own.precision - tolerance or counts.recall < own.recall - tolerance:
+            continue
+        if counts.hmean > best[0]:
+            best = (counts.hmean, candidate)
     return best[1], best[0]
 
 
@@ -148,7 +157,8 @@ def train_det_candidate(cfg: PaperloopConfig, registry: ModelRegistry, pages: Se
             metrics = _finetune_weights(cfg, parent_dir, unclip, pages, weights_dir, on_step)
         sample = random.Random(0).sample(pages, min(CALIBRATION_PAGES, len(pages)))
         started = time.perf_counter()
-        values, hmean = calibrate_postprocess(page_detector(cfg, weights_dir, inference.get("PostProcess", {})), sample)
+        detector = page_detector(cfg, weights_dir, inference.get("PostProcess", {}))
+        values, hmean = calibrate_postprocess(detector, sample, cfg.learning.tolerance)
         inference["PostProcess"] = {**inference.get("PostProcess", {}), **values}
         metrics.update(calibration={"pages": len(sample), "hmean": hmean, **values,
                                     "seconds": round(time.perf_counter() - started, 1)})
