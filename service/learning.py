@@ -125,18 +125,25 @@ def _record(store: Store, run: TaskRun, started_at: str) -> None:
 
 def _train_candidate(cfg: PaperloopConfig, registry: ModelRegistry, task: str, train: list[Document],
                      run_log: RunLog) -> str:
+    if task in ("det", "rec"):
+        return _train_ocr_candidate(cfg, registry, task, train, run_log)
+    return _train_kie_candidate(cfg, registry, task, train)
+
+
+def _train_ocr_candidate(cfg: PaperloopConfig, registry: ModelRegistry, task: str, train: list[Document],
+                         run_log: RunLog) -> str:
     data_dir = cfg.paths.resolve("data")
-    total = cfg.learning.det_steps if task == "det" else None
-    on_step, close = run_log.step_reporter(task, total)
+    on_step, close = run_log.step_reporter(task, cfg.learning.det_steps if task == "det" else None)
     try:
         if task == "det":
             return train_det_candidate(cfg, registry, list(gold_pages(train, data_dir)), next_version(registry, "det"),
                                        on_step)
-        if task == "rec":
-            return train_rec_candidate(cfg, registry, line_samples(train, data_dir), next_version(registry, "rec"),
-                                       on_step)
+        return train_rec_candidate(cfg, registry, line_samples(train, data_dir), next_version(registry, "rec"), on_step)
     finally:
         close()
+
+
+def _train_kie_candidate(cfg: PaperloopConfig, registry: ModelRegistry, task: str, train: list[Document]) -> str:
     settings = settings_from_config(cfg.kie)
     fit, val = split_validation(train, cfg.kie.training.validation_fraction, settings.seed)
     with_lines, progress = cfg.kie.training.line_augmentation, sys.stderr.isatty()
