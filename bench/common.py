@@ -46,3 +46,13 @@ def versions() -> dict[str, str]:
 def utc_date() -> str:
     """Now, in ISO-8601 UTC, for the report."""
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def write_results(out_dir: Path, name: str, report: dict[str, Any], page: str) -> None:
+    """Write ``<name>.json`` (the report) and ``<name>.md`` (its page) into ``out_dir`` and print the page."""
+    import json
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / f"{name}.json").write_text(json.dumps(report, indent=2))
+    (out_dir / f"{name}.md").write_text(page)
+    print(page)

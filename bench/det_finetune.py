@@ -26,7 +26,6 @@ if str(PROJECT_ROOT) not in sys.path:
     sys.path.insert(0, str(PROJECT_ROOT))
 
 import argparse  # noqa: E402
-import json  # noqa: E402
 import tempfile  # noqa: E402
 import time  # noqa: E402
 from collections.abc import Sequence  # noqa: E402
@@ -36,7 +35,7 @@ import cv2  # noqa: E402
 import numpy as np  # noqa: E402
 import paddle  # noqa: E402
 
-from bench.common import machine_info, utc_date, versions  # noqa: E402
+from bench.common import machine_info, utc_date, versions, write_results  # noqa: E402
 from service.base_models import install_base_models  # noqa: E402
 from service.config import PaperloopConfig  # noqa: E402
 from service.finetune import det_train  # noqa: E402
@@ -137,10 +136,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=PROJECT_ROOT / "bench/results")
     args = parser.parse_args(argv)
     report = run(args.forms, args.validation, args.settings.split(","))
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "det_finetune.json").write_text(json.dumps(report, indent=2))
-    (args.out / "det_finetune.md").write_text(markdown(report))
-    print(markdown(report))
+    write_results(args.out, "det_finetune", report, markdown(report))
     return 0
 
 

@@ -26,13 +26,12 @@ if str(PROJECT_ROOT) not in sys.path:
     sys.path.insert(0, str(PROJECT_ROOT))
 
 import argparse  # noqa: E402
-import json  # noqa: E402
 import resource  # noqa: E402
 import tempfile  # noqa: E402
 import time  # noqa: E402
 from typing import Any  # noqa: E402
 
-from bench.common import machine_info, utc_date, versions  # noqa: E402
+from bench.common import machine_info, utc_date, versions, write_results  # noqa: E402
 from service.config import KieConfig, PaperloopConfig  # noqa: E402
 from service.document import Document  # noqa: E402
 from service.formats import read_funsd  # noqa: E402
@@ -175,11 +174,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=PROJECT_ROOT / "bench/results")
     args = parser.parse_args(argv)
     report = run(args.epochs)
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "kie.json").write_text(json.dumps(report, indent=2))
-    (args.out / "kie.md").write_text(markdown(report))
+    write_results(args.out, "kie", report, markdown(report))
     gt = report["ground_truth_segments"]
-    print(markdown(report))
     print(f"SER Hmean {gt['ser']['hmean']:.3f}")
     print(f"RE Hmean {gt['re_with_ser_labels']['hmean']:.3f}")
     print(f"RE Hmean with gold labels {gt['re_with_gold_labels']['hmean']:.3f}")

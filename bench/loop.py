@@ -27,7 +27,6 @@ if str(PROJECT_ROOT) not in sys.path:
     sys.path.insert(0, str(PROJECT_ROOT))
 
 import argparse  # noqa: E402
-import json  # noqa: E402
 import tempfile  # noqa: E402
 import time  # noqa: E402
 from datetime import datetime  # noqa: E402
@@ -35,7 +34,7 @@ from typing import Any  # noqa: E402
 
 import cv2  # noqa: E402
 
-from bench.common import machine_info, utc_date, versions  # noqa: E402
+from bench.common import machine_info, utc_date, versions, write_results  # noqa: E402
 from bench.kie import end_to_end  # noqa: E402
 from service.base_models import install_base_models  # noqa: E402
 from service.config import PaperloopConfig  # noqa: E402
@@ -176,10 +175,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=PROJECT_ROOT / "bench/results")
     args = parser.parse_args(argv)
     report = run(args.forms, args.holdout, args.tasks.split(","))
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "loop.json").write_text(json.dumps(report, indent=2))
-    (args.out / "loop.md").write_text(markdown(report))
-    print(markdown(report))
+    write_results(args.out, "loop", report, markdown(report))
     print(f"line exact-match {report['before']['line_exact_match']:.3f} -> {report['after']['line_exact_match']:.3f}")
     return 0
 
