@@ -43,7 +43,7 @@ from service.finetune.det_model import load_detector  # noqa: E402
 from service.formats import read_funsd  # noqa: E402
 from service.funsd import split_pairs  # noqa: E402
 from service.kie.data import split_into_lines  # noqa: E402
-from service.ocr_learning.det import RandomCrops, detection_counts, page_detector  # noqa: E402
+from service.ocr_learning.det import RandomCrops, folder_metrics  # noqa: E402
 from service.ocr_learning.pages import GoldPage  # noqa: E402
 from service.registry import ModelRegistry  # noqa: E402
 
@@ -56,9 +56,7 @@ def load_pages(pairs: Sequence[tuple[Path, Path]]) -> list[GoldPage]:
 
 def scores(cfg: PaperloopConfig, model_dir: Path, pages: Sequence[GoldPage]) -> dict[str, float]:
     """P/R/Hmean of a det folder on gold pages with the shipped post-processing."""
-    detector = page_detector(cfg, model_dir, {})
-    counts = detection_counts([detector.probability_map(p.image) for p in pages], pages, detector.config)
-    return {"hmean": round(counts.hmean, 4), "precision": round(counts.precision, 4), "recall": round(counts.recall, 4)}
+    return {key: round(value, 4) for key, value in folder_metrics(cfg, model_dir, {}, pages).items()}
 
 
 def _sgd(learning_rate: float, parameters: Any, weight_decay: float = 0.0, grad_clip: Any = None) -> Any:

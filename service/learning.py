@@ -1,8 +1,8 @@
 """The learning loop: retrain det, rec, SER and RE on new gold labels, gate on the holdout set, promote.
 
 A run (scheduled inside ``paperloop serve`` by APScheduler, or ``paperloop train --now``) does, per
-task (``learning.tasks``, in the order det, rec, SER, RE): skip when fewer than ``learning.min_new_documents`` gold documents arrived since the task's
-last run; train a candidate with the same code as ``paperloop train``; evaluate candidate and the
+task (``learning.tasks``, in the order det, rec, SER, RE): skip when fewer than
+``learning.min_new_documents`` gold documents arrived since the task's last run; train a candidate with the same code as ``paperloop train``; evaluate candidate and the
 version in service on the frozen ``holdout`` split (never trained on, never used for model
 selection); promote only when the Hmean improves by ``margin`` and no other metric of the task
 falls by more than ``tolerance``. Promotion is the atomic switch of ``current``; a failed or killed

@@ -92,13 +92,19 @@ def detection_counts(prob_maps: Sequence[np.ndarray], pages: Sequence[GoldPage],
     return detection_scores(evaluations)
 
 
-def det_metrics(cfg: PaperloopConfig, registry: ModelRegistry, version: str,
-                pages: Sequence[GoldPage]) -> dict[str, float]:
-    """Hmean first, then precision and recall of the version's boxes against the gold boxes."""
-    detector = page_detector(cfg, registry.version_dir("det", version),
-                         registry.inference_config("det", version).get("PostProcess", {}))
+def folder_metrics(cfg: PaperloopConfig, model_dir: Path, postprocess: Mapping[str, Any],
+                   pages: Sequence[GoldPage]) -> dict[str, float]:
+    """Hmean first, then precision and recall of a det folder's boxes against the gold boxes."""
+    detector = page_detector(cfg, model_dir, postprocess)
     counts = detection_counts([detector.probability_map(p.image) for p in pages], pages, detector.config)
     return {"hmean": counts.hmean, "precision": counts.precision, "recall": counts.recall}
+
+
+def det_metrics(cfg: PaperloopConfig, registry: ModelRegistry, version: str,
+                pages: Sequence[GoldPage]) -> dict[str, float]:
+    """:func:`folder_metrics` of a registry version, with its own post-processing."""
+    return folder_metrics(cfg, registry.version_dir("det", version),
+                          registry.inference_config("det", version).get("PostProcess", {}), pages)
 
 
 def calibrate_postprocess(detector: TextDetector, pages: Sequence[GoldPage],

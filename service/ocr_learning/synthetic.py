@@ -14,6 +14,7 @@ from __future__ import annotations
 import random
 import string
 from collections.abc import Callable, Sequence
+from functools import lru_cache
 from pathlib import Path
 
 import cv2
@@ -82,9 +83,14 @@ def synthetic_texts(words: Sequence[str], count: int, rng: random.Random) -> lis
     return texts
 
 
+@lru_cache(maxsize=512)
+def _font(font_path: Path, size: int) -> ImageFont.FreeTypeFont:
+    return ImageFont.truetype(str(font_path), size)
+
+
 def render_line(text: str, font_path: Path, size: int, rng: random.Random) -> np.ndarray:
     """``text`` drawn in dark ink on a light background, tightly padded, as an HWC uint8 BGR crop."""
-    font = ImageFont.truetype(str(font_path), size)
+    font = _font(font_path, size)
     left, top, right, bottom = font.getbbox(text)
     pad_x, pad_y = rng.randint(2, size // 2), rng.randint(2, max(3, size // 4))
     background, ink = rng.randint(190, 255), rng.randint(0, 80)
