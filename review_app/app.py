@@ -25,29 +25,31 @@ config_path = os.environ.get("PAPERLOOP_CONFIG")
 cfg = load_config(Path(config_path) if config_path else None)
 service = common.review_service(cfg)
 policy = common.cached_policy(cfg, lambda: auth_policy(cfg))
+accounts = common.accounts(cfg, policy)
 
-if not st.session_state.get("reviewer"):
-    login.render(policy)
+reviewer = common.current_reviewer(service, accounts)
+if not reviewer:
+    login.render(accounts)
     st.stop()
 
-reviewer = st.session_state["reviewer"]
 views = {"Queue": queue.render, "Document": document.render, "Data": data.render, "Models": models.render}
 with st.sidebar:
     st.markdown("### :material/fact_check: Paperloop review")
-    st.caption(f"Signed in as **{reviewer}**")
+    st.caption(f"Signed in as **{common.md(reviewer)}**")
     st.radio("Go to", list(views), key="nav", label_visibility="collapsed")
     waiting = service.queue(sync=True)
     mine = [i for i in waiting if i.claimed_by == reviewer]
     st.metric("Waiting for review", len(waiting))
     if mine:
-        st.caption("Claimed by you: " + ", ".join(i.document_id for i in mine))
+        st.caption("Claimed by you: " + common.md(", ".join(i.document_id for i in mine)))
     st.divider()
     st.caption("**Shortcuts** (document page)  \n"
                "Ctrl+Enter accept & next · Ctrl+S save · Alt+N skip to next  \n"
                "On the image: click select · drag move · handles resize · drag on empty space add · "
                "Delete remove · B draw mode · arrows nudge")
     if st.button("Log out", key="logout", icon=":material/logout:"):
-        common.log_out(service)
+        common.log_out(service, accounts)
         st.rerun()
 
 views[st.session_state.get("nav", "Queue")](service, cfg, reviewer)
+common.unsaved_guard(bool(st.session_state.get("dirty")))

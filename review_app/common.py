@@ -5,15 +5,21 @@ from __future__ import annotations
 import base64
 import html
 import io
+import json
+import re
 from pathlib import Path
 from typing import Any, Callable
 
 import streamlit as st
+import streamlit.components.v1 as components
 from PIL import Image
 
 from service.config import PaperloopConfig
-from service.review import AuthPolicy, ClaimError, ReviewService, label_colours
+from service.review import AuthPolicy, ClaimError, ReviewerAccounts, ReviewService, label_colours
 from service.store import Store
+
+SESSION_PARAM = "session"  # the query parameter that keeps a login across reloads
+_MARKDOWN_SPECIAL = re.compile(r"([\\`*_{}\[\]()#+\-.!|<>&~$:\"'=/^@%;?])")
 
 CSS = """
 <style>
@@ -58,6 +64,61 @@ def cached_policy(cfg: PaperloopConfig, make: Callable[[], AuthPolicy]) -> AuthP
     return _POLICIES[key]
 
 
+def md(text: object) -> str:
+    """Text from a file or a user, safe inside ``st.markdown`` (with or without ``unsafe_allow_html``):
+    every ASCII punctuation character is backslash-escaped, so neither Markdown nor HTML is made of it."""
+    return _MARKDOWN_SPECIAL.sub(r"\\\1", " ".join(str(text).split()))
+
+
+def accounts(cfg: PaperloopConfig, policy: AuthPolicy) -> ReviewerAccounts:
+    """Reviewer accounts, logins and sessions of this database (the shared password is legacy)."""
+    return ReviewerAccounts(_store(str(cfg.paths.database)), cfg.review, shared_hash=policy.shared_hash,
+                            legacy=policy.reviewer_hashes)
+
+
+def start_session(accounts_: ReviewerAccounts, name: str) -> None:
+    """After a login: a new session, its token in the URL so that a reload keeps it."""
+    token = accounts_.open_session(name)
+    st.session_state["reviewer"], st.session_state["session_token"] = name, token
+    st.query_params[SESSION_PARAM] = token
+    st.session_state.setdefault("nav", "Queue")
+
+
+def current_reviewer(service: ReviewService, accounts_: ReviewerAccounts) -> str | None:
+    """The reviewer of this browser session's live login session (restored from the URL after a
+    reload), or ``None``; an expired session logs out with a message."""
+    state = st.session_state
+    token = state.get("session_token") or st.query_params.get(SESSION_PARAM)
+    name = accounts_.resume(token)
+    if name is None:
+        if token:
+            was_in = bool(state.get("reviewer"))
+            log_out(service, accounts_)
+            if was_in:
+                flash("Your session expired: please log in again.", "warning")
+        return None
+    state["reviewer"], state["session_token"] = name, token
+    if st.query_params.get(SESSION_PARAM) != token:
+        st.query_params[SESSION_PARAM] = token
+    return name
+
+
+# Installed once into the app's own page (not the component's frame, whose listeners stop when the
+# frame is replaced): while window.__paperloopDirty is set, leaving the page asks first.
+_GUARD = ("if (!window.__paperloopGuard) { window.__paperloopGuard = true;"
+          " window.addEventListener('beforeunload', function (event) {"
+          " if (window.__paperloopDirty) { event.preventDefault(); event.returnValue = ''; } }); }")
+
+
+def unsaved_guard(dirty: bool) -> None:
+    """Ask before the tab is reloaded or closed while the open document has unsaved edits."""
+    script = ("<script>(function () { const page = window.parent; page.__paperloopDirty = %s;"
+              " if (!page.__paperloopGuard) { const s = page.document.createElement('script');"
+              " s.textContent = %s; page.document.head.appendChild(s); } })();</script>"
+              ) % (json.dumps(bool(dirty)), json.dumps(_GUARD))
+    components.html(script, height=0)
+
+
 def flash(message: str, kind: str = "success") -> None:
     """A message shown once, at the next run."""
     st.session_state["flash"] = (kind, message)
@@ -68,7 +129,7 @@ def show_flash() -> None:
     pending = st.session_state.pop("flash", None)
     if pending:
         kind, message = pending
-        getattr(st, kind)(message)
+        getattr(st, kind)(md(message))
 
 
 def open_document(service: ReviewService, reviewer: str, document_id: str) -> bool:
@@ -107,11 +168,14 @@ def open_next(service: ReviewService, reviewer: str, skip: list[str] | None = No
     return open_document(service, reviewer, document_id)
 
 
-def log_out(service: ReviewService) -> None:
-    """End the session (open document released)."""
+def log_out(service: ReviewService, accounts_: ReviewerAccounts) -> None:
+    """End the session: open document released, session deleted, token out of the URL."""
     reviewer = st.session_state.get("reviewer")
     if reviewer:
         close_document(service, reviewer)
+    accounts_.close_session(st.session_state.get("session_token") or st.query_params.get(SESSION_PARAM))
+    if SESSION_PARAM in st.query_params:
+        del st.query_params[SESSION_PARAM]
     for key in list(st.session_state.keys()):
         del st.session_state[key]
 
@@ -132,7 +196,7 @@ def legend_html(labels: list[str]) -> str:
     """Colour chips for the labels, the low-confidence outline and links."""
     colours = label_colours(labels)
     chips = [f'<span class="pl-chip"><span class="pl-swatch" style="background:{c}33;border-color:{c}"></span>'
-             f'{html.escape(label)}</span>' for label, c in colours.items()]
+             f'{md(label)}</span>' for label, c in colours.items()]
     chips.append('<span class="pl-chip"><span class="pl-swatch" style="background:#9e9e9e22;'
                  'border-color:#9e9e9e"></span>no label</span>')
     chips.append('<span class="pl-chip"><span class="pl-low"></span>low confidence</span>')
@@ -144,5 +208,5 @@ def legend_html(labels: list[str]) -> str:
 
 def reason_pills(reasons: list[dict[str, Any]]) -> str:
     """The reasons as coloured pills."""
-    return "".join(f'<span class="pl-pill {html.escape(r.get("kind", ""))}">{html.escape(r.get("detail", ""))}</span>'
+    return "".join(f'<span class="pl-pill {html.escape(r.get("kind", ""), quote=True)}">{md(r.get("detail", ""))}</span>'
                    for r in reasons)

@@ -141,6 +141,13 @@ class ReviewConfig(StrictModel):
     reviewers: dict[str, str] = {}
     address: str = "127.0.0.1"
     port: int = Field(8501, ge=1, le=65535)
+    # Accounts (`paperloop review users`): failed logins per name within the window lock it out.
+    login_max_failures: int = Field(5, ge=1)
+    login_max_failures_per_address: int = Field(20, ge=1)
+    login_window_minutes: float = Field(15.0, gt=0)
+    lockout_minutes: float = Field(15.0, gt=0)
+    session_idle_minutes: float = Field(60.0, gt=0)  # a session not used for this long ends
+    exports_dir: Path = Path("data/exports")  # every export goes in a new folder under this one
 
 
 class KieTrainingConfig(StrictModel):

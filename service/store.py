@@ -127,12 +127,30 @@ def _migration_4(db: sqlite_utils.Database) -> None:
     db["learning_runs"].create_index(["task", "started_at"])
 
 
+def _migration_5(db: sqlite_utils.Database) -> None:
+    # Review app accounts (scrypt hashes), every login attempt, and login sessions (token hashes);
+    # see service/review/accounts.py.
+    db["reviewers"].create({
+        "name": str, "password_hash": str, "created_at": str, "disabled": int,
+    }, pk="name", not_null={"password_hash", "created_at"}, defaults={"disabled": 0})
+    db["review_logins"].create({
+        "id": int, "name": str, "at": str, "ok": int, "address": str, "reason": str,
+    }, pk="id", not_null={"name", "at", "ok"})
+    db["review_logins"].create_index(["name", "at"])
+    db["review_logins"].create_index(["address", "at"])
+    db["review_sessions"].create({
+        "token_hash": str, "name": str, "created_at": str, "last_seen": str, "expires_at": str,
+    }, pk="token_hash", not_null={"name", "created_at", "last_seen", "expires_at"})
+    db["review_sessions"].create_index(["name"])
+
+
 # Append-only: a migration, once released, is never edited; add a new one instead.
 MIGRATIONS: list[tuple[str, Callable[[sqlite_utils.Database], None]]] = [
     ("0001_jobs_documents_pages_segments", _migration_1),
     ("0002_labels_links_gold", _migration_2),
     ("0003_review_queue_claims_audit", _migration_3),
     ("0004_learning_runs", _migration_4),
+    ("0005_reviewer_accounts", _migration_5),
 ]
 
 

@@ -390,3 +390,129 @@ def test_box_and_table_edits_change_the_working_copy() -> None:
     assert [(s.id, s.text, s.label) for s in document.segments] == [("p1-s0001", "B!", "question"),
                                                                    (new_id, "", None)]
     assert not apply_table_edits(document, ["p1-s0001"], {"edited_rows": {0: {"text": "B!"}}})
+
+
+# -- issue 9: accounts, lockout, sessions, exports, unchanged saves ------------------------------------
+
+
+def test_accepting_unchanged_gold_changes_nothing_but_one_audit_row(cfg: PaperloopConfig, store: Store,
+                                                                    service: ReviewService) -> None:
+    made = make_document(cfg, store, "form.png", [form_segments()])
+    service.claim(made.id, "alice")
+    draft, revision = service.working_copy(made.id)
+    update_segment(draft, "p1-s0001", label="question")
+    service.save(made.id, draft, "alice", revision, accept=True)
+    gold_row = store.db.execute("SELECT document, split, updated_at FROM gold_documents").fetchall()
+    item = service.item(made.id)
+    audit_before = len(service.audit_log(made.id))
+
+    service.claim(made.id, "bob")
+    again, revision = service.working_copy(made.id)
+    result = service.save(made.id, again, "bob", revision, accept=True)
+    assert result.revision == 1 == revision and [c.action for c in result.changes] == ["accept"]
+    after = service.item(made.id)
+    assert (after.revision, after.reviewed_by, after.reviewed_at, after.split) == (
+        item.revision, "alice", item.reviewed_at, item.split)
+    assert store.db.execute("SELECT document, split, updated_at FROM gold_documents").fetchall() == gold_row
+    log = service.audit_log(made.id)
+    assert len(log) == audit_before + 1
+    assert (log[0]["reviewer"], log[0]["action"]) == ("bob", "accept")
+    assert service.claimed_by(made.id) is None
+
+
+def test_reviewer_accounts_are_hashed_and_lock_out_after_repeated_failures(
+        cfg: PaperloopConfig, store: Store, caplog: pytest.LogCaptureFixture) -> None:
+    from service.review import AccountError, LockedOut, LoginError, ReviewerAccounts
+
+    accounts = ReviewerAccounts(store, cfg.review)
+    accounts.add("alice", "alice's secret")
+    with pytest.raises(AccountError):
+        accounts.add("alice", "again")
+    with pytest.raises(AccountError):
+        accounts.add("<b>eve</b>", "x")
+    stored = store.db.execute("SELECT password_hash FROM reviewers WHERE name = 'alice'").fetchone()[0]
+    assert stored.startswith("scrypt$") and "secret" not in stored
+    assert accounts.authenticate("alice", "alice's secret", "10.0.0.7") == "alice"
+    with pytest.raises(LoginError):
+        accounts.authenticate("mallory", "alice's secret")  # no such account
+    for _ in range(cfg.review.login_max_failures):
+        with caplog.at_level("WARNING"), pytest.raises(LoginError):
+            accounts.authenticate("alice", "guess", "10.0.0.9")
+    assert sum("login failed" in r.getMessage() and "alice" in r.getMessage() for r in caplog.records) == 5
+    with pytest.raises(LockedOut):  # even the right password, while locked
+        accounts.authenticate("alice", "alice's secret", "10.0.0.7")
+    rows = store.db.execute("SELECT ok, address FROM review_logins WHERE name = 'alice' ORDER BY rowid").fetchall()
+    assert rows[0] == (1, "10.0.0.7") and len(rows) == 7
+    # the lock lapses lockout_minutes after the last failure
+    store.db.execute("UPDATE review_logins SET at = '2000-01-01T00:00:00.000+00:00'")
+    assert accounts.authenticate("alice", "alice's secret") == "alice"
+    accounts.set_password("alice", "new one")
+    with pytest.raises(LoginError):
+        accounts.authenticate("alice", "alice's secret")
+    assert [r.name for r in accounts.list()] == ["alice"]
+    accounts.remove("alice")
+    with pytest.raises(LoginError):
+        accounts.authenticate("alice", "new one")
+    assert [(r.name, r.disabled) for r in accounts.list()] == [("alice", True)]
+
+
+def test_sessions_survive_a_reload_expire_when_idle_and_end_at_logout(cfg: PaperloopConfig, store: Store) -> None:
+    from service.review import ReviewerAccounts
+
+    accounts = ReviewerAccounts(store, cfg.review)
+    accounts.add("alice", "pw-alice")
+    token = accounts.open_session("alice")
+    assert len(token) >= 32
+    stored = store.db.execute("SELECT token_hash FROM review_sessions").fetchall()
+    assert stored and token not in stored[0][0]
+    assert accounts.resume(token) == "alice" and accounts.resume(token + "x") is None
+    store.db.execute("UPDATE review_sessions SET expires_at = '2000-01-01T00:00:00.000+00:00'")
+    assert accounts.resume(token) is None  # idle too long
+    token = accounts.open_session("alice")
+    accounts.close_session(token)
+    assert accounts.resume(token) is None
+    token = accounts.open_session("alice")
+    accounts.remove("alice")  # a removed account's sessions end
+    assert accounts.resume(token) is None
+
+
+def test_exports_go_under_the_exports_folder_and_the_archive_holds_only_what_they_wrote(
+        cfg: PaperloopConfig, store: Store, service: ReviewService) -> None:
+    import zipfile
+
+    from service.review import create_export, exports_root
+
+    made = make_document(cfg, store, "form.png", [form_segments()])
+    service.claim(made.id, "alice")
+    draft, revision = service.working_copy(made.id)
+    split = service.save(made.id, draft, "alice", revision).split
+    root = exports_root(cfg)
+    assert root == cfg.paths.resolve("data") / "exports"
+    root.mkdir(parents=True)
+    (root / "secret.txt").write_text("not for download")
+    first = create_export(service, splits=[split], formats=["det"], by="alice")
+    second = create_export(service, splits=[split], formats=["det"], by="alice")
+    assert first.folder != second.folder and first.folder.parent == root == second.folder.parent
+    assert (first.folder / split / "det" / "Label.txt").is_file()
+    manifest = json.loads((first.folder / "manifest.json").read_text())
+    assert manifest["by"] == "alice" and f"{split}/det/Label.txt" in manifest["files"]
+    (first.folder / "planted.txt").write_text("added later")
+    with zipfile.ZipFile(first.archive) as archive:
+        names = archive.namelist()
+    assert names and all(n.startswith(first.folder.name + "/") for n in names)
+    assert f"{first.folder.name}/{split}/det/Label.txt" in names
+    assert not any("secret" in n or "planted" in n for n in names)
+
+
+def test_many_failures_from_one_address_lock_that_address_out(cfg: PaperloopConfig, store: Store) -> None:
+    from service.review import LockedOut, LoginError, ReviewerAccounts
+
+    cfg.review.login_max_failures_per_address = 3
+    accounts = ReviewerAccounts(store, cfg.review)
+    accounts.add("alice", "pw-alice")
+    for name in ("ann", "ben", "cy"):  # a different name each time: no name reaches its own limit
+        with pytest.raises(LoginError):
+            accounts.authenticate(name, "guess", "10.9.9.9")
+    with pytest.raises(LockedOut):
+        accounts.authenticate("alice", "pw-alice", "10.9.9.9")
+    assert accounts.authenticate("alice", "pw-alice", "10.0.0.1") == "alice"

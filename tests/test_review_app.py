@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import re
 import sqlite3
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -12,6 +14,7 @@ from streamlit.testing.v1 import AppTest
 
 from service.config import PaperloopConfig
 from service.labels import LabelStore
+from service.document import Link
 from service.review import PASSWORD_ENV, PASSWORD_HASH_ENV, ReviewService, hash_password
 from service.store import Store
 
@@ -50,15 +53,97 @@ def _widget(elements, label: str):
     return found[0]
 
 
-def test_login_checks_the_password(app_env: PaperloopConfig, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv(PASSWORD_HASH_ENV, hash_password("open sesame"))
-    at = _login("alice", "wrong")
+def _accounts(cfg: PaperloopConfig):
+    """The reviewer accounts of the test's database."""
+    from service.review import ReviewerAccounts
+
+    return ReviewerAccounts(Store(cfg.paths.database), cfg.review)
+
+
+def test_only_accounts_log_in_and_the_audit_name_is_the_account(app_env: PaperloopConfig,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    cfg = app_env
+    monkeypatch.setenv(PASSWORD_HASH_ENV, hash_password("open sesame"))  # the legacy shared password
+    store = Store(cfg.paths.database)
+    made = make_document(cfg, store, "form.png", [form_segments()])
+    _accounts(cfg).add("alice", "alice's own")
+    at = _login("mallory", "open sesame")  # a self-declared name, even with the shared password
     assert "reviewer" not in at.session_state
     assert any("Wrong name or password" in e.value for e in at.error)
-    at.text_input(key="login_password").set_value("open sesame")
+    at = _login("alice", "wrong")
+    assert "reviewer" not in at.session_state
+    at.text_input(key="login_password").set_value("alice's own")
     at.button[0].click().run()
     assert at.session_state["reviewer"] == "alice"
     assert any(m.value == "## Review queue" for m in at.markdown)
+    at.button(key="queue_next").click().run()
+    _widget(at.selectbox, "Selected box").set_value("p1-s0002").run()
+    _widget(at.text_input, "Text").set_value("12/10/98").run()
+    at.button(key="doc_save").click().run()
+    rows = sqlite3.connect(cfg.paths.database).execute("SELECT DISTINCT reviewer FROM review_audit").fetchall()
+    assert rows == [("alice",)] and ReviewService(cfg, store).item(made.id).reviewed_by == "alice"
+
+
+def test_repeated_failures_lock_the_account(app_env: PaperloopConfig) -> None:
+    _accounts(app_env).add("alice", "alice's own")
+    at = _login("alice", "guess 0")
+    for n in range(1, app_env.review.login_max_failures):
+        at.text_input(key="login_password").set_value(f"guess {n}")
+        at.button[0].click().run()
+    at.text_input(key="login_password").set_value("alice's own")
+    at.button[0].click().run()
+    assert "reviewer" not in at.session_state
+    assert any("locked" in e.value for e in at.error)
+
+
+def test_a_session_survives_a_reload_expires_when_idle_and_ends_at_logout(app_env: PaperloopConfig) -> None:
+    cfg = app_env
+    _accounts(cfg).add("alice", "alice's own")
+    at = _login("alice", "alice's own")
+    token = at.query_params.get("session")
+    assert token and at.session_state["reviewer"] == "alice"
+
+    def reload() -> AppTest:  # a new browser session on the same URL
+        again = AppTest.from_file(APP, default_timeout=60)
+        again.query_params["session"] = token
+        return again.run()
+
+    again = reload()
+    assert not again.exception and again.session_state["reviewer"] == "alice"
+    assert any(m.value == "## Review queue" for m in again.markdown)
+    again.button(key="logout").click().run()
+    assert "reviewer" not in again.session_state and not again.query_params.get("session")
+    assert "reviewer" not in reload().session_state  # logged out: the token is gone
+
+    at = _login("alice", "alice's own")
+    token = at.query_params["session"]
+    sqlite3.connect(cfg.paths.database).execute(
+        "UPDATE review_sessions SET expires_at = '2000-01-01T00:00:00.000+00:00'").connection.commit()
+    at.run()  # idle too long: back to the login form
+    assert "reviewer" not in at.session_state
+    assert any("expired" in w.value for w in at.warning)
+    assert "reviewer" not in reload().session_state
+
+
+def test_text_from_files_and_names_from_reviewers_are_shown_as_text(app_env: PaperloopConfig) -> None:
+    cfg = app_env
+    store = Store(cfg.paths.database)
+    evil = "<img src=x onerror=alert(1)><b>x</b>"
+    segments = form_segments()
+    segments[2].text = evil
+    made = make_document(cfg, store, "form.png", [segments], links=[Link("p1-s0001", "p1-s0002")])
+    service = ReviewService(cfg, store)
+    service.claim(made.id, "<img src=y onerror=alert(2)>")
+    draft, revision = service.working_copy(made.id)
+    service.save(made.id, draft, "<img src=y onerror=alert(2)>", revision, accept=True)
+    at = _login("alice")
+    at.radio(key="nav").set_value("Queue").run()
+    at.button(key="queue_again_open").click().run()
+    assert not at.exception and at.session_state["doc_id"] == made.id
+    shown = [m.value for m in at.markdown if "img" in m.value]
+    assert len(shown) >= 2  # the "reviewed by" line and the link
+    for value in shown:  # every < escaped: neither Markdown nor HTML makes an element of it
+        assert not re.search(r"(?<!\\)<(img|b>)", value), value
 
 
 def test_edit_text_label_and_link_then_save(app_env: PaperloopConfig) -> None:
@@ -153,12 +238,24 @@ def test_data_and_models_pages(app_env: PaperloopConfig, tmp_path: Path) -> None
     at.radio(key="nav").set_value("Data").run()
     assert not at.exception
     assert _widget(at.metric, f"{split} documents").value == "1"
-    at.text_input(key="export_folder").set_value(str(tmp_path / "out"))
+    assert not [t for t in at.text_input if t.key == "export_folder"]  # no server path to type
+    exports = cfg.paths.resolve("data") / "exports"
+    exports.mkdir(parents=True)
+    (exports / "secret.txt").write_text("not for download")
     submit = [b for b in at.button if b.label == "Export"][0]
     submit.click().run()
     assert not at.exception
-    assert (tmp_path / "out" / split / "det" / "Label.txt").is_file()
-    assert (tmp_path / "out" / split / "rec" / "rec_gt.txt").is_file()
+    folders = [p for p in exports.iterdir() if p.is_dir()]
+    assert len(folders) == 1
+    out = folders[0]
+    assert (out / split / "det" / "Label.txt").is_file() and (out / split / "rec" / "rec_gt.txt").is_file()
+    archive = exports / f"{out.name}.zip"
+    made_at = archive.stat().st_mtime_ns
+    with zipfile.ZipFile(archive) as z:
+        assert not any("secret" in n for n in z.namelist()) and f"{out.name}/{split}/det/Label.txt" in z.namelist()
+    at.run()
+    at.run()
+    assert archive.stat().st_mtime_ns == made_at  # zipped once, when exported; not at every run
     at.radio(key="nav").set_value("Models").run()
     assert not at.exception
     text = " ".join(m.value for m in at.markdown)
@@ -192,3 +289,29 @@ def test_review_command_refuses_an_open_address_without_a_password(app_env: Pape
     from service.review import verify_password
 
     assert verify_password("pa55word", encoded)
+
+
+def test_review_users_are_managed_from_the_command_line(app_env: PaperloopConfig) -> None:
+    from click.testing import CliRunner
+
+    from service.cli import cli
+
+    config = str(app_env.paths.resolve("data") / "config.yaml")
+    run = lambda *args, input=None: CliRunner().invoke(cli, ["--config", config, "review", "users", *args],  # noqa: E731
+                                                       input=input)
+    added = run("add", "alice", input="s3cret pass\ns3cret pass\n")
+    assert added.exit_code == 0, added.output
+    assert run("add", "bob", "--password-stdin", input="bobs pass\n").exit_code == 0
+    assert run("add", "bob", "--password-stdin", input="x\n").exit_code != 0  # exists
+    listed = run("list")
+    assert listed.exit_code == 0 and "alice" in listed.output and "bob" in listed.output
+    assert "s3cret" not in listed.output
+    accounts = _accounts(app_env)
+    assert accounts.authenticate("alice", "s3cret pass") == "alice"
+    assert run("passwd", "alice", "--password-stdin", input="another one\n").exit_code == 0
+    assert accounts.authenticate("alice", "another one") == "alice"
+    assert run("remove", "bob").exit_code == 0
+    assert run("remove", "nobody").exit_code != 0
+    assert "removed" in run("list").output
+    # with an account, the app may listen beyond loopback (every reviewer has a password)
+    assert accounts.has_accounts()

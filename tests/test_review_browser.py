@@ -2,8 +2,8 @@
 
 Headless Chromium is Debian's ``chromium`` package, driven by Playwright through
 ``executable_path`` (no browser download). The review app runs as ``paperloop review`` in a child
-process on a free loopback port. A screenshot of the document page is saved under
-``tests/artifacts/``.
+process on a free loopback port, with a reviewer account made by ``paperloop review users add``. A
+screenshot of the document page is saved under ``tests/artifacts/``.
 """
 
 from __future__ import annotations
@@ -40,6 +40,7 @@ CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic"
                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 ARTIFACTS = PROJECT_ROOT / "tests" / "artifacts"
 PASSWORD = "correct horse battery staple"
+EVIL = "<img src=x onerror=alert(1)><b>x</b>"  # OCR text that must be shown as text, never as markup
 
 playwright_api = pytest.importorskip("playwright.sync_api")
 pytestmark = [pytest.mark.slow,
@@ -87,8 +88,10 @@ def review_app(processed: PaperloopConfig) -> Iterator[str]:
     config = cfg.paths.resolve("data") / "config.yaml"
     config.write_text(yaml.safe_dump(cfg.model_dump(mode="json")))
     port = _free_port()
-    env = {**os.environ, "PAPERLOOP_REVIEW_PASSWORD": PASSWORD}
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PAPERLOOP_REVIEW_PASSWORD")}
     env.pop("PAPERLOOP_CONFIG", None)
+    subprocess.run([sys.executable, "-m", "service", "--config", str(config), "review", "users", "add", "alice",
+                    "--password-stdin"], input=PASSWORD + "\n", text=True, env=env, check=True, cwd=cfg.paths.root)
     log = open(cfg.paths.resolve("data") / "review-app.log", "wb")
     child = subprocess.Popen([sys.executable, "-m", "service", "--config", str(config), "review", "--port", str(port)],
                              cwd=cfg.paths.root, env=env, stdout=log, stderr=subprocess.STDOUT)
@@ -105,6 +108,13 @@ def review_app(processed: PaperloopConfig) -> Iterator[str]:
             child.kill()
             child.wait()
         log.close()
+
+
+BEFOREUNLOAD = """() => {
+    const event = new Event("beforeunload", {cancelable: true});
+    window.dispatchEvent(event);
+    return event.defaultPrevented;
+}"""
 
 
 def _choose(page, label: str, option: str, attempts: int = 4) -> None:
@@ -132,6 +142,10 @@ def test_reviewer_fixes_a_document_in_the_browser(processed: PaperloopConfig, re
     database = cfg.paths.database
     first, second = (r for r in sqlite3.connect(database).execute(
         "SELECT id, text FROM segments WHERE page = 1 ORDER BY position LIMIT 2").fetchall())
+    with sqlite3.connect(database) as db:  # the OCR read markup
+        db.execute("UPDATE segments SET text = ? WHERE id = ?", [EVIL, second[0]])
+    second = (second[0], EVIL)
+    dialogs: list[str] = []
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     with playwright_api.sync_playwright() as p, tempfile.TemporaryDirectory() as profile:
         browser = p.chromium.launch_persistent_context(
@@ -140,6 +154,7 @@ def test_reviewer_fixes_a_document_in_the_browser(processed: PaperloopConfig, re
         try:
             page = browser.pages[0] if browser.pages else browser.new_page()
             page.set_default_timeout(int(os.environ.get("PAPERLOOP_UI_TIMEOUT_MS", "30000")))
+            page.on("dialog", lambda dialog: (dialogs.append(dialog.type), dialog.dismiss()))
             page.goto(review_app)
             page.get_by_label("Your name").fill("alice")
             page.get_by_role("textbox", name="Password").fill("not it")
@@ -148,6 +163,11 @@ def test_reviewer_fixes_a_document_in_the_browser(processed: PaperloopConfig, re
             page.get_by_role("textbox", name="Password").fill(PASSWORD)
             page.get_by_role("button", name="Log in").click()
             page.get_by_text("Review queue").first.wait_for()
+            # a reload keeps the session (its token is in the URL; only its hash is stored)
+            page.wait_for_url("**session=*")
+            page.reload()
+            page.get_by_text("Review queue").first.wait_for()
+            assert page.get_by_role("button", name="Log in").count() == 0
             page.get_by_role("button", name="Start with the next document").click()
             page.get_by_role("button", name="Accept & next").wait_for()
 
@@ -159,6 +179,9 @@ def test_reviewer_fixes_a_document_in_the_browser(processed: PaperloopConfig, re
             text.fill("Corrected by alice")
             text.press("Enter")
             page.get_by_text("unsaved changes").wait_for()
+            # leaving the tab now would lose edits: the browser asks first
+            page.wait_for_function("() => window.__paperloopDirty === true")
+            assert page.evaluate(BEFOREUNLOAD)
             _choose(page, "Label", "question")
             page.wait_for_timeout(1500)  # the app runs again
 
@@ -188,16 +211,21 @@ def test_reviewer_fixes_a_document_in_the_browser(processed: PaperloopConfig, re
             _choose(page, "Value", f"#2 · {second[1][:40]}")
             page.get_by_role("button", name="Add link").click()
             page.get_by_text("Key → value links (1)").wait_for()
+            page.get_by_text(f"→ p1 #2 · {EVIL}").wait_for()  # shown as text
+            assert page.locator("img[src='x']").count() == 0
             time.sleep(1.0)  # let the image settle before the screenshot
             page.screenshot(path=str(ARTIFACTS / "review-document-page.png"), full_page=True)
             page.get_by_role("button", name="Save").first.click()
             page.get_by_text("Saved doc-").wait_for()
+            page.wait_for_function("() => window.__paperloopDirty === false")
+            assert not page.evaluate(BEFOREUNLOAD)
         except Exception:
             page.screenshot(path=str(ARTIFACTS / "review-failure.png"), full_page=True)
             raise
         finally:
             browser.close()
 
+    assert "alert" not in dialogs
     db = sqlite3.connect(database)
     gold = json.loads(db.execute("SELECT document FROM gold_documents").fetchone()[0])
     segments = {s["id"]: s for p in gold["pages"] for s in p["segments"]}
@@ -208,6 +236,7 @@ def test_reviewer_fixes_a_document_in_the_browser(processed: PaperloopConfig, re
     actions = {(r[1], r[2]) for r in rows}
     assert {("text", first[0]), ("label", first[0]), ("add_segment", "p1-r0000"),
             ("box", first[0]), ("add_link", f"{first[0]}->{second[0]}")} <= actions
+    assert {r[0] for r in rows} == {"alice"}  # the account that logged in
     text_row = next(r for r in rows if r[1] == "text")
     assert text_row[0] == "alice" and json.loads(text_row[3]) == first[1]
     assert json.loads(text_row[5]) == {"det": "base", "rec": "base"}

@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import io
-import zipfile
-from datetime import datetime, timezone
 from pathlib import Path
 
 import altair as alt
@@ -14,20 +11,18 @@ import streamlit as st
 from review_app import common
 from service.config import PaperloopConfig
 from service.labels import SPLITS
-from service.review import EXPORT_FORMATS, ReviewService, export_gold, label_colours
+from service.review import (
+    EXPORT_FORMATS, ExportError, ReviewService, create_export, export_archive, exports_root, label_colours,
+)
 
 TASKS = {"det": "Detection (boxes)", "rec": "Recognition (texts)", "ser": "SER (labels)", "re": "RE (links)"}
 FORMAT_NAMES = {"det": "Detection Label.txt + images", "rec": "Recognition rec_gt.txt + crop_img/",
                 "kie": "KIE Label.txt + XFUND JSON (label)"}
 
 
-def _zip(folder: Path) -> bytes:
-    buffer = io.BytesIO()
-    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
-        for path in sorted(folder.rglob("*")):
-            if path.is_file():
-                archive.write(path.resolve(), path.relative_to(folder.parent))
-    return buffer.getvalue()
+def _reader(path: Path):
+    """The zip's bytes, read only when the reviewer clicks the download button."""
+    return lambda: path.read_bytes()
 
 
 def render(service: ReviewService, cfg: PaperloopConfig, reviewer: str) -> None:
@@ -70,32 +65,7 @@ def render(service: ReviewService, cfg: PaperloopConfig, reviewer: str) -> None:
     else:
         st.info("No gold labels yet: they appear here as reviewers save documents.")
 
-    st.markdown("#### Export in PaddleOCR's formats")
-    with st.form("export"):
-        default = cfg.paths.resolve("data") / "exports" / f"gold-{datetime.now(timezone.utc):%Y%m%d-%H%M%S}"
-        c = st.columns([2, 1, 1.6, 1])
-        folder = c[0].text_input("Folder", value=str(default), key="export_folder")
-        splits = c[1].multiselect("Splits", SPLITS, default=["train", "holdout"], key="export_splits")
-        formats = c[2].multiselect("Formats", EXPORT_FORMATS, default=list(EXPORT_FORMATS),
-                                   format_func=FORMAT_NAMES.get, key="export_formats")
-        only_review = c[3].checkbox("Reviewed only", value=False, key="export_only_review",
-                                    help="Leave out imported data sets")
-        go = st.form_submit_button("Export", type="primary")
-    if go:
-        target = Path(folder).expanduser()
-        with st.spinner("Exporting…"):
-            result = export_gold(service, target, splits=splits, formats=formats,
-                                 sources=["review"] if only_review else None)
-        if not result:
-            st.warning("Nothing to export for these splits.")
-        else:
-            st.success(f"Exported to {target}")
-            st.json(result, expanded=False)
-            st.session_state["export_last"] = str(target)
-    last = st.session_state.get("export_last")
-    if last and Path(last).is_dir():
-        st.download_button("Download the last export as .zip", icon=":material/download:", data=_zip(Path(last)),
-                           file_name=f"{Path(last).name}.zip", mime="application/zip", key="export_download")
+    _exports(service, cfg, reviewer)
 
     with st.expander("Recent changes by reviewers"):
         log = service.audit_log()[:200]
@@ -105,3 +75,40 @@ def render(service: ReviewService, cfg: PaperloopConfig, reviewer: str) -> None:
                                        for r in log]), hide_index=True, width="stretch")
         else:
             st.caption("No changes saved yet.")
+
+
+def _exports(service: ReviewService, cfg: PaperloopConfig, reviewer: str) -> None:
+    """Export into a new folder under ``review.exports_dir`` (named here), then download its zip."""
+    st.markdown("#### Export in PaddleOCR's formats")
+    st.caption(f"Each export goes into a new folder under {common.md(exports_root(cfg))}, with a zip of "
+               "exactly the files it wrote.")
+    with st.form("export"):
+        c = st.columns([1, 1.6, 1])
+        splits = c[0].multiselect("Splits", SPLITS, default=["train", "holdout"], key="export_splits")
+        formats = c[1].multiselect("Formats", EXPORT_FORMATS, default=list(EXPORT_FORMATS),
+                                   format_func=FORMAT_NAMES.get, key="export_formats")
+        only_review = c[2].checkbox("Reviewed only", value=False, key="export_only_review",
+                                    help="Leave out imported data sets")
+        go = st.form_submit_button("Export", type="primary")
+    if go:
+        with st.spinner("Exporting…"):
+            try:
+                record = create_export(service, splits=splits, formats=formats, by=reviewer,
+                                       sources=["review"] if only_review else None)
+            except ExportError as exc:
+                st.error(common.md(exc))
+                return
+        if not record.summary:
+            st.warning("Nothing to export for these splits.")
+        else:
+            st.success(f"Exported to {common.md(record.folder)}")
+            st.json(record.summary, expanded=False)
+        st.session_state["export_last"] = record.archive.name
+    last = st.session_state.get("export_last")
+    if last:
+        try:
+            archive = export_archive(cfg, last)
+        except ExportError:
+            return
+        st.download_button("Download the last export as .zip", icon=":material/download:", data=_reader(archive),
+                           file_name=archive.name, mime="application/zip", key="export_download")

@@ -153,7 +153,7 @@ def render(service: ReviewService, cfg: PaperloopConfig, reviewer: str) -> None:
     try:
         service.claim(document_id, reviewer)  # renews the claim while the reviewer works
     except ClaimError as exc:
-        st.error(f"{exc}. Your edits cannot be saved; go back to the queue.")
+        st.error(f"{common.md(exc)}. Your edits cannot be saved; go back to the queue.")
         st.button("Back to the queue", icon=":material/arrow_back:", on_click=_back, args=(service, reviewer),
                   key="doc_back_claimed")
         return
@@ -170,9 +170,9 @@ def render(service: ReviewService, cfg: PaperloopConfig, reviewer: str) -> None:
 
     flag = " · <b style='color:#b45309'>unsaved changes</b>" if state.get("dirty") else ""
     uncertainty = f" · uncertainty {item.uncertainty:.2f}" if item else ""
-    status = f" · reviewed by {item.reviewed_by}" if item and item.reviewed_by else ""
-    st.markdown(f"## {draft.source_name}")
-    st.markdown(f'<span class="pl-muted">{document_id} · {len(draft.pages)} page(s) · revision '
+    status = f" · reviewed by {common.md(item.reviewed_by)}" if item and item.reviewed_by else ""
+    st.markdown(f"## {common.md(draft.source_name)}")
+    st.markdown(f'<span class="pl-muted">{common.md(document_id)} · {len(draft.pages)} page(s) · revision '
                 f'{state["draft_rev"]}{uncertainty}{status}</span>{flag}', unsafe_allow_html=True)
     if item:
         st.markdown(common.reason_pills(item.reasons), unsafe_allow_html=True)
@@ -238,7 +238,8 @@ def _image_editor(service: ReviewService, cfg: PaperloopConfig, draft: Document,
         return
     image_path = resolve_image(page, service.data_dir)
     if image_path is None:
-        st.warning(f"The page image {page.image or '(none)'} is missing; boxes can still be edited in the table.")
+        st.warning(f"The page image {common.md(page.image or '(none)')} is missing; boxes can still be edited "
+                   "in the table.")
         return
     boxes = []
     for n, segment in enumerate(page.segments, start=1):
@@ -291,7 +292,7 @@ def _selected_panel(cfg: PaperloopConfig, draft: Document, page, labels: list[st
                   f"label {segment.label_score:.2f}" if segment.label_score is not None else None]
         shown = " · ".join(s for s in scores if s)
         low = " · ⚠️ below threshold" if segment_is_low(segment, cfg) else ""
-        st.caption(f"{selected}{' · ' + shown if shown else ''}{low}")
+        st.caption(f"{common.md(selected)}{' · ' + shown if shown else ''}{low}")
 
 
 def _segments_table(cfg: PaperloopConfig, page, labels: list[str], nonce: int) -> None:
@@ -337,8 +338,8 @@ def _links_panel(draft: Document, page_no: int, nonce: int) -> None:
             if link.key not in by_id or link.value not in by_id:
                 continue
             c = st.columns([6, 1])
-            score = f" <span class='pl-muted'>({link.score:.2f})</span>" if link.score is not None else ""
-            c[0].markdown(f"{name(link.key)} → {name(link.value)}{score}", unsafe_allow_html=True)
+            score = f" *({link.score:.2f})*" if link.score is not None else ""
+            c[0].markdown(f"{common.md(name(link.key))} → {common.md(name(link.value))}{score}")
             c[1].button("", key=f"doc_unlink_{i}_{nonce}", icon=":material/link_off:", on_click=_on_remove_link,
                         args=(link.key, link.value), help="Remove this link")
         ids = sorted(by_id, key=lambda sid: (page_of_segment[sid] != page_no, page_of_segment[sid], position[sid]))

@@ -3,6 +3,8 @@
 * :mod:`~service.review.routing`: :func:`decide` (does a processed document go to review, and
   why) and the uncertainty scores that order the queue.
 * :mod:`~service.review.auth`: password hashes and the review app's login policy.
+* :mod:`~service.review.accounts`: :class:`ReviewerAccounts`, reviewer accounts, logins with
+  lockout, and sessions.
 * :mod:`~service.review.gold`: the gold form of an edited document and the diff written to the
   audit log.
 * :mod:`~service.review.queue`: :class:`ReviewService`, the queue, claims and atomic gold saves.
@@ -20,11 +22,17 @@ from service.review.auth import (
     PASSWORD_ENV, PASSWORD_HASH_ENV, AuthPolicy, auth_policy, clean_reviewer_name, hash_password, is_loopback,
     verify_password,
 )
+from service.review.accounts import (
+    AccountError, LockedOut, LoginError, Reviewer, ReviewerAccounts, check_account_name,
+)
 from service.review.edits import (
     KNOWN_COLOURS, LABEL_COLOURS, UNLABELLED_COLOUR, add_link, add_segment, apply_box_event, apply_table_edits,
     delete_segment, label_colours, new_segment_id, page_of, remove_link, update_segment,
 )
-from service.review.exports import EXPORT_FORMATS, export_det, export_gold, export_kie, export_rec, resolve_image
+from service.review.exports import (
+    EXPORT_FORMATS, ExportError, ExportRecord, create_export, export_archive, export_det, export_gold, export_kie,
+    export_rec, exports_root, resolve_image,
+)
 from service.review.gold import BOX_TOLERANCE, Change, diff_documents, to_gold
 from service.review.models import hmean_history, learning_history, model_versions
 from service.review.queue import (
@@ -43,6 +51,8 @@ __all__ = [
     # passwords and access
     "PASSWORD_ENV", "PASSWORD_HASH_ENV", "AuthPolicy", "auth_policy", "clean_reviewer_name", "hash_password",
     "is_loopback", "verify_password",
+    # accounts, logins, sessions
+    "AccountError", "LockedOut", "LoginError", "Reviewer", "ReviewerAccounts", "check_account_name",
     # gold documents and diffs
     "BOX_TOLERANCE", "Change", "diff_documents", "to_gold",
     # the queue
@@ -53,7 +63,8 @@ __all__ = [
     "apply_table_edits", "delete_segment", "label_colours", "new_segment_id", "page_of", "remove_link",
     "update_segment",
     # exports
-    "EXPORT_FORMATS", "export_det", "export_gold", "export_kie", "export_rec", "resolve_image",
+    "EXPORT_FORMATS", "ExportError", "ExportRecord", "create_export", "export_archive", "export_det", "export_gold",
+    "export_kie", "export_rec", "exports_root", "resolve_image",
     # model versions
     "hmean_history", "learning_history", "model_versions",
 ]

@@ -3,7 +3,9 @@
 :func:`auth_policy` builds the :class:`AuthPolicy` from ``PAPERLOOP_REVIEW_PASSWORD`` (hashed at
 once), the hash ``paperloop review`` passes in ``PAPERLOOP_REVIEW_PASSWORD_HASH``, or the config
 (``review.password_hash`` and per-reviewer ``review.reviewers``); :func:`is_loopback` tells
-``paperloop review`` whether a bind address is reachable from other machines.
+``paperloop review`` whether a bind address is reachable from other machines. The review app logs
+reviewers in through :class:`service.review.accounts.ReviewerAccounts`, which takes the shared hash
+and ``review.reviewers`` from this policy as legacy credentials.
 """
 
 from __future__ import annotations

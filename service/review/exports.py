@@ -1,17 +1,24 @@
 """Exports of the gold set in PaddleOCR's formats.
 
 :func:`export_gold` writes each split: detection ``Label.txt`` + ``images/``, recognition
-``rec_gt.txt`` + ``crop_img/``, KIE ``Label.txt`` and XFUND JSON.
+``rec_gt.txt`` + ``crop_img/``, KIE ``Label.txt`` and XFUND JSON. :func:`create_export` is what the
+review app uses: a new folder under ``review.exports_dir`` each time, a manifest of the files it wrote,
+and one zip of exactly those files.
 """
 
 from __future__ import annotations
 
 import json
 import shutil
+import zipfile
+from dataclasses import dataclass
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
+from service.config import PaperloopConfig
 from service.document import Document, Page
+from service.labels import SPLITS
 from service.review.queue import ReviewService
 
 
@@ -158,3 +165,87 @@ def export_gold(service: ReviewService, out_dir: Path, splits: Iterable[str] = (
                 part[fmt] = {"error": f"not available yet: {exc}"}
         summary[split] = part
     return summary
+
+
+# -- exports made from the review app: one new folder each, under review.exports_dir ------------------
+
+MANIFEST = "manifest.json"
+
+
+class ExportError(ValueError):
+    """An export cannot be made as asked (unknown format or split)."""
+
+
+@dataclass(frozen=True)
+class ExportRecord:
+    """One export made by :func:`create_export`: its folder, its zip, what it wrote."""
+
+    folder: Path
+    archive: Path
+    summary: dict[str, Any]
+    files: list[str]
+
+
+def exports_root(cfg: PaperloopConfig) -> Path:
+    """The folder every export goes under (``review.exports_dir``, relative to ``paths.root``)."""
+    path = cfg.review.exports_dir
+    return path if path.is_absolute() else (cfg.paths.root / path).resolve()
+
+
+def _new_folder(root: Path, stem: str) -> Path:
+    """A folder that did not exist before, created now (``stem``, then ``stem-2``...)."""
+    root.mkdir(parents=True, exist_ok=True)
+    for n in range(1, 1000):
+        folder = root / (stem if n == 1 else f"{stem}-{n}")
+        try:
+            folder.mkdir()
+            return folder
+        except FileExistsError:
+            continue
+    raise ExportError(f"no free export folder name for {stem} in {root}")
+
+
+def _written_files(folder: Path) -> list[str]:
+    """The files under a fresh export folder (written by the export), relative, sorted."""
+    return sorted(str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file())
+
+
+def _zip_export(folder: Path, files: list[str]) -> Path:
+    """``<folder>.zip`` beside the folder, holding exactly ``files`` (written once, atomically)."""
+    archive = folder.with_name(folder.name + ".zip")
+    partial = folder.with_name(folder.name + ".zip.part")
+    with zipfile.ZipFile(partial, "w", zipfile.ZIP_DEFLATED) as out:
+        for name in [*files, MANIFEST]:
+            out.write(folder / name, f"{folder.name}/{name}")
+    partial.replace(archive)
+    return archive
+
+
+def create_export(service: ReviewService, splits: Iterable[str], formats: Iterable[str], by: str,
+                  sources: Iterable[str] | None = None, lang: str = "en") -> ExportRecord:
+    """Export the gold set into a new folder under :func:`exports_root` named by the time and the
+    formats, with a ``manifest.json`` of the files written, and zip exactly those files once.
+
+    No caller-given path is used: where files go is decided here.
+    """
+    splits, formats = list(splits), list(formats)
+    unknown = [f for f in formats if f not in EXPORT_FORMATS] or [s for s in splits if s not in SPLITS]
+    if unknown or not formats:
+        raise ExportError(f"cannot export {unknown or 'no format'}; formats are {EXPORT_FORMATS}, splits {SPLITS}")
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
+    folder = _new_folder(exports_root(service.cfg), f"gold-{stamp}-{'-'.join(formats)}")
+    summary = export_gold(service, folder, splits=splits, formats=formats, sources=sources, lang=lang)
+    files = _written_files(folder)
+    manifest = {"created_at": stamp, "by": by, "splits": splits, "formats": formats,
+                "sources": list(sources) if sources is not None else None, "summary": summary, "files": files}
+    (folder / MANIFEST).write_text(json.dumps(manifest, ensure_ascii=False, indent=1), encoding="utf-8")
+    return ExportRecord(folder=folder, archive=_zip_export(folder, files), summary=summary, files=files)
+
+
+def export_archive(cfg: PaperloopConfig, name: str) -> Path:
+    """The zip of an export by its file name, only from directly under :func:`exports_root`."""
+    root = exports_root(cfg)
+    path = root / Path(name).name
+    if Path(name).name != name or not name.endswith(".zip") or not path.is_file() or path.is_symlink():
+        raise ExportError(f"no export archive {name!r} in {root}")
+    return path

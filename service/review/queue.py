@@ -6,7 +6,8 @@
 * Saving writes the gold document to the :class:`LabelStore` and one ``review_audit`` row per
   change (reviewer, time, before, after, the model versions that produced the before) in one
   transaction. A save based on an outdated revision is refused, never merged silently; the
-  pipeline never writes gold, and a reviewed document never returns to the queue.
+  pipeline never writes gold, and a reviewed document never returns to the queue. Accepting saved
+  gold without a change only logs who looked (revision, reviewer and gold stay as they were).
 * New gold documents are split into ``train`` and ``holdout``, stratified by their rarest label.
 """
 
@@ -302,7 +303,7 @@ class ReviewService:
         prediction = self.prediction(document_id)
         with self.store.transaction() as db:
             self.claim(document_id, reviewer)
-            item = db.execute("SELECT revision, split, reviewed_by, reviewed_at FROM review_items "
+            item = db.execute("SELECT revision, split, reviewed_by, reviewed_at, status FROM review_items "
                               "WHERE document_id = ?", [document_id]).fetchone()
             revision, split = int(item[0] or 0), item[1]
             if revision != base_revision:
@@ -315,19 +316,17 @@ class ReviewService:
             if not changes:
                 changes = [Change("accept", document_id, None, None,
                                   {"gold_revision": revision} if from_gold else dict(prediction.model_versions))]
+                if from_gold and item[4] == REVIEWED:  # reviewed gold confirmed: only who looked is logged
+                    self._audit(db, document_id, reviewer, changes)
+                    if accept:
+                        self.release(document_id, reviewer)
+                    return SaveResult(document_id, revision, split, changes)
             validate(gold)
             stratum = None
             if split is None:
                 split, stratum = self._assign_split(db, gold)
             self.labels.put(gold, source=REVIEW_SOURCE, split=split)
-            save_id, now = uuid.uuid4().hex, utc_now()
-            db["review_audit"].insert_all({
-                "save_id": save_id, "document_id": document_id, "reviewer": reviewer, "at": now,
-                "action": c.action, "target": c.target,
-                "before": json.dumps(c.before, ensure_ascii=False) if c.before is not None else None,
-                "after": json.dumps(c.after, ensure_ascii=False) if c.after is not None else None,
-                "model_versions": json.dumps(c.model_versions),
-            } for c in changes)
+            now = self._audit(db, document_id, reviewer, changes)
             update = {"status": REVIEWED, "reviewed_by": reviewer, "reviewed_at": now,
                       "revision": revision + 1, "split": split}
             if stratum is not None:
@@ -336,6 +335,19 @@ class ReviewService:
             if accept:
                 self.release(document_id, reviewer)
         return SaveResult(document_id, revision + 1, split, changes)
+
+    @staticmethod
+    def _audit(db: Any, document_id: str, reviewer: str, changes: list[Change]) -> str:
+        """One ``review_audit`` row per change, all with one save id; returns their time."""
+        save_id, now = uuid.uuid4().hex, utc_now()
+        db["review_audit"].insert_all({
+            "save_id": save_id, "document_id": document_id, "reviewer": reviewer, "at": now,
+            "action": c.action, "target": c.target,
+            "before": json.dumps(c.before, ensure_ascii=False) if c.before is not None else None,
+            "after": json.dumps(c.after, ensure_ascii=False) if c.after is not None else None,
+            "model_versions": json.dumps(c.model_versions),
+        } for c in changes)
+        return now
 
     def _assign_split(self, db: Any, gold: Document) -> tuple[str, str]:
         """``train`` or ``holdout`` for a new gold document, stratified by its rarest label.
