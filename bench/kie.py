@@ -107,7 +107,9 @@ def run(epochs: int | None) -> dict[str, Any]:
         (root / "models").mkdir()
         for task in ("det", "rec"):
             (root / "models" / task).symlink_to(PROJECT_ROOT / "models" / task)
-        versions_trained = {"ser": register(ser, registry, True), "re": register(re, registry, True)}
+        versions_trained = {"ser": register(ser, registry), "re": register(re, registry)}
+        for task, version in versions_trained.items():
+            registry.set_current(task, version, reason="bench: the models under measurement", actor="bench/kie.py")
         kie = KieModels(registry, multiple_values=kie_cfg.multiple_values)
         print("evaluating on ground-truth segments...", flush=True)
         gold = evaluate_gold(kie, test_docs, labels, kie_cfg.other_label)

@@ -80,11 +80,12 @@ def kie_on_base_ocr(cfg: PaperloopConfig, registry: ModelRegistry, scratch: Path
     promoted = {task: registry.current_version(task) for task in ("det", "rec")}
     try:
         for task in promoted:
-            registry.set_current(task, "base")
+            registry.set_current(task, "base", reason="bench: KIE measured on the base OCR", actor="bench/loop.py")
         return kie_end_to_end(cfg, registry, scratch)
     finally:
         for task, version in promoted.items():
-            registry.set_current(task, version)
+            registry.set_current(task, version, reason="bench: restored after the base-OCR measurement",
+                                 actor="bench/loop.py")
 
 
 def task_seconds(store: Store) -> dict[str, float]:

@@ -109,5 +109,6 @@ def install_base_models(registry: ModelRegistry) -> list[str]:
             }, yml)
             installed.append(task)
         if registry.current_version(task) is None:
-            registry.set_current(task, BASE_VERSION)
+            registry.set_current(task, BASE_VERSION, reason="no version in service: the shipped base model",
+                                 actor="models install-base")
     return installed

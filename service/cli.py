@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import getpass
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -147,16 +149,26 @@ def models_list(cfg: PaperloopConfig, task: str | None) -> None:
                        f"{json.dumps(headline) if headline else ''}")
 
 
+def cli_actor() -> str:
+    """Who runs this command, for the model history: ``user <login name>``."""
+    try:
+        return f"user {getpass.getuser()}"
+    except (KeyError, OSError):  # no login name for this uid (e.g. in a container)
+        return f"user uid {os.getuid()}"
+
+
 @models.command("promote")
 @click.argument("task", type=click.Choice(TASKS))
 @click.argument("version")
+@click.option("--reason", default="", help="Why, for the model history.")
 @click.pass_obj
-def models_promote(cfg: PaperloopConfig, task: str, version: str) -> None:
+def models_promote(cfg: PaperloopConfig, task: str, version: str, reason: str) -> None:
     """Put VERSION of TASK in service (the daemon uses it from its next document)."""
     registry = ModelRegistry(cfg.paths.resolve("models"))
     previous = registry.current_version(task)
+    why = "paperloop models promote" + (f": {reason}" if reason else "")
     try:
-        registry.set_current(task, version)
+        registry.set_current(task, version, reason=why, actor=cli_actor())
     except RegistryError as exc:
         raise click.ClickException(str(exc)) from exc
     click.echo(f"{task}: {previous or '(none)'} → {version}")
@@ -164,16 +176,34 @@ def models_promote(cfg: PaperloopConfig, task: str, version: str) -> None:
 
 @models.command("rollback")
 @click.argument("task", type=click.Choice(TASKS))
+@click.option("--reason", default="", help="Why, for the model history.")
 @click.pass_obj
-def models_rollback(cfg: PaperloopConfig, task: str) -> None:
-    """Put back the version the one in service was trained from (its card's parent)."""
+def models_rollback(cfg: PaperloopConfig, task: str, reason: str) -> None:
+    """Put back the version that was in service before the current one (see `models history`).
+
+    Rolling back again walks further back; every rollback is recorded.
+    """
     registry = ModelRegistry(cfg.paths.resolve("models"))
-    current = registry.current_version(task)
-    parent = registry.card(task, current).parent if current else None
-    if parent is None:
-        raise click.ClickException(f"{task} {current or '(none)'} has no parent version to roll back to")
-    registry.set_current(task, parent)
-    click.echo(f"{task}: {current} → {parent}")
+    why = "paperloop models rollback" + (f": {reason}" if reason else "")
+    try:
+        taken_out, put_back = registry.rollback(task, actor=cli_actor(), reason=why)
+    except RegistryError as exc:
+        raise click.ClickException(str(exc)) from exc
+    click.echo(f"{task}: {taken_out} → {put_back} (rolled back)")
+
+
+@models.command("history")
+@click.argument("task", type=click.Choice(TASKS))
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output (one JSON object per line).")
+@click.pass_obj
+def models_history(cfg: PaperloopConfig, task: str, as_json: bool) -> None:
+    """Every change of the version of TASK in service: when, from, to, what, who, why."""
+    for record in ModelRegistry(cfg.paths.resolve("models")).history(task):
+        if as_json:
+            click.echo(json.dumps(record, ensure_ascii=False))
+            continue
+        click.echo(f"{record['at'][:19]}  {record['from'] or '(none)'} → {record['to']}  {record['action']:<8}  "
+                   f"{record['actor']}: {record['reason']}")
 
 
 @cli.command("show-config")

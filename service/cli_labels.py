@@ -21,7 +21,7 @@ from service.config import PaperloopConfig
 from service.document import Document
 from service.formats import (FormatError, read_funsd, read_ppocr_kie, read_xfund, write_funsd,
                              write_ppocr_kie, xfund_dict, xfund_header)
-from service.labels import SPLITS, LabelError, LabelStore
+from service.labels import SPLITS, FrozenHoldoutError, LabelError, LabelStore
 from service.store import Store
 
 FORMATS = ("funsd", "xfund", "ppocrlabel")
@@ -102,16 +102,25 @@ def _echo_counts(labels: LabelStore) -> None:
 @click.option("--split", type=click.Choice(SPLITS), help="Split to file the documents in (default: from the data).")
 @click.pass_obj
 def import_labels(cfg: PaperloopConfig, fmt: str, path: Path, split: str | None) -> None:
-    """Import gold labels (FORMAT: funsd, xfund or ppocrlabel) into the label store."""
+    """Import gold labels (FORMAT: funsd, xfund or ppocrlabel) into the label store.
+
+    All or nothing: a document that would move into or out of the frozen holdout split stops the
+    whole import.
+    """
     store = Store(cfg.paths.database)
     try:
         labels = LabelStore(store)
-        for target, documents in IMPORTERS[fmt](path, split):
-            for document in documents:
-                labels.put(document, source=fmt, split=target)
+        batches = IMPORTERS[fmt](path, split)
+        with store.transaction():
+            for target, documents in batches:
+                for document in documents:
+                    labels.put(document, source=fmt, split=target)
+        for target, documents in batches:
             click.echo(f"imported {len(documents)} {fmt} documents into {target}")
         click.echo("gold labels now:")
         _echo_counts(labels)
+    except FrozenHoldoutError as exc:
+        raise click.ClickException(f"import refused, nothing imported: {exc}") from exc
     except (FormatError, LabelError) as exc:
         raise click.ClickException(str(exc)) from exc
     finally:

@@ -3,6 +3,8 @@
 A gold document is a :class:`Document` whose segments carry gold ``label``s and whose ``links``
 are gold key → value links. Each belongs to a split: ``train`` (used for training), ``holdout``
 (frozen evaluation set, never trained on) or ``test`` (a public benchmark's test split).
+Holdout membership is permanent: a holdout document never moves to another split, and a
+document stored in another split never moves into holdout (models may have trained on it).
 """
 
 from __future__ import annotations
@@ -33,6 +35,22 @@ def validate(document: Document) -> None:
             raise LabelError(f"{document.id}: link {link.key} → {link.value} names a missing segment")
 
 
+class FrozenHoldoutError(LabelError):
+    """A document would move into or out of the frozen holdout split."""
+
+
+def check_split_change(document_id: str, stored: str | None, split: str) -> None:
+    """Refuse a move into or out of ``holdout`` (``stored`` is the document's split now, if any)."""
+    if stored is None or stored == split or "holdout" not in (stored, split):
+        return
+    if stored == "holdout":
+        raise FrozenHoldoutError(f"{document_id} is in the frozen holdout split and stays there; it cannot "
+                                 f"move to {split} (holdout documents are never trained on). Import it with "
+                                 f"--split holdout, or leave it out of the data")
+    raise FrozenHoldoutError(f"{document_id} is in the {stored} split and cannot join the frozen holdout split "
+                             f"(models may have been trained on it); import it with --split {stored}")
+
+
 class LabelStore:
     """Gold labelled documents in the Paperloop database."""
 
@@ -40,13 +58,14 @@ class LabelStore:
         self.store = store
 
     def put(self, document: Document, source: str, split: str) -> None:
-        """Insert or replace a gold document."""
+        """Insert or replace a gold document; :class:`FrozenHoldoutError` if it would move into or out of holdout."""
         if split not in SPLITS:
             raise LabelError(f"unknown split {split!r}; expected one of {', '.join(SPLITS)}")
         validate(document)
         now = utc_now()
         with self.store.transaction() as db:
-            existing = db.execute("SELECT created_at FROM gold_documents WHERE id = ?", [document.id]).fetchone()
+            existing = db.execute("SELECT created_at, split FROM gold_documents WHERE id = ?", [document.id]).fetchone()
+            check_split_change(document.id, existing[1] if existing else None, split)
             db["gold_documents"].upsert({
                 "id": document.id, "source": source, "split": split,
                 "document": json.dumps(document.to_dict(), ensure_ascii=False),

@@ -29,7 +29,8 @@ from service.config import PaperloopConfig, dump_config
 from service.document import Document
 from service.kie.evaluation import evaluate_gold
 from service.kie.inference import KieModels
-from service.kie.trainer import next_version, register, settings_from_config, split_validation, train_re, train_ser
+from service.kie.trainer import (NoTrainingSignalError, check_training_signal, next_version, register,
+                                  settings_from_config, split_validation, train_re, train_ser)
 from service.labels import LabelStore
 from service.ocr_learning.det import det_metrics, train_det_candidate
 from service.ocr_learning.pages import gold_pages
@@ -153,7 +154,7 @@ def _train_kie_candidate(cfg: PaperloopConfig, registry: ModelRegistry, task: st
         kie = KieModels(registry)
         source = (lambda _examples: [kie.label(_copy(d)) for d in val]) if kie.refresh().get("ser") else None
         trained = train_re(fit, val, cfg.kie.labels, settings, source, with_lines, progress=progress)
-    return register(trained, registry, promote=False)
+    return register(trained, registry)
 
 
 def _copy(document: Document) -> Document:
@@ -170,19 +171,39 @@ def run_task(cfg: PaperloopConfig, store: Store, registry: ModelRegistry, task: 
     current = registry.current_version(task)
     holdout = labels.documents("holdout")
     run_log.event(task, "start", in_service=current, new_documents=new, holdout_documents=len(holdout))
+    train = labels.documents("train")
     if not force and new < cfg.learning.min_new_documents:
         run = TaskRun(task, "skipped", f"{new} new gold documents < {cfg.learning.min_new_documents}", None, current, new)
     elif not holdout:
         run = TaskRun(task, "skipped", "no holdout documents to evaluate on", None, current, new)
+    elif (no_signal := _missing_signal(cfg, task, train)) is not None:
+        run = TaskRun(task, "skipped", no_signal, None, current, new)
     else:
-        run = _train_and_gate(cfg, registry, task, labels.documents("train"), holdout, current, new, run_log)
+        actor = f"learning run {started_at}"
+        run = _train_and_gate(cfg, registry, task, train, holdout, current, new, run_log, actor)
     _record(store, run, started_at)
     run_log.event(task, run.status, reason=run.reason, candidate=run.candidate, metrics=run.metrics)
     return run
 
 
+def _missing_signal(cfg: PaperloopConfig, task: str, train: list[Document]) -> str | None:
+    """Why SER / RE would learn nothing from the train split, or ``None`` when they can."""
+    if task not in ("ser", "re"):
+        return None
+    try:
+        check_training_signal(task, train, cfg.kie.labels, cfg.kie.other_label)
+    except NoTrainingSignalError as exc:
+        return str(exc)
+    return None
+
+
 def _train_and_gate(cfg: PaperloopConfig, registry: ModelRegistry, task: str, train: list[Document],
-                    holdout: list[Document], current: str | None, new: int, run_log: RunLog) -> TaskRun:
+                    holdout: list[Document], current: str | None, new: int, run_log: RunLog, actor: str) -> TaskRun:
+    """Train a candidate (stored, not in service), evaluate it, and promote it only if the gate accepts.
+
+    A first version needs no comparison, but it needs a completed evaluation like any other.
+    """
+    candidate = None
     try:
         candidate = _train_candidate(cfg, registry, task, train, run_log)
         run_log.event(task, "trained", candidate=candidate, card=registry.card(task, candidate).metrics)
@@ -191,14 +212,14 @@ def _train_and_gate(cfg: PaperloopConfig, registry: ModelRegistry, task: str, tr
         run_log.event(task, "evaluated", candidate=ours, in_service=theirs)
     except Exception as exc:  # noqa: BLE001 - a failed run must leave the service untouched
         log.exception("learning %s failed", task)
-        return TaskRun(task, "failed", f"{type(exc).__name__}: {exc}", None, current, new)
+        return TaskRun(task, "failed", f"{type(exc).__name__}: {exc}", candidate, current, new)
     accepted, reason = gate(ours, theirs, cfg.learning.margin, cfg.learning.tolerance)
     card = registry.card(task, candidate)
     card.metrics["holdout"] = {"candidate": ours, "in_service": theirs, "in_service_version": current,
                                "promoted": accepted, "reason": reason, "documents": len(holdout)}
     registry.update_card(card)
     if accepted:
-        registry.set_current(task, candidate)
+        registry.set_current(task, candidate, reason=f"holdout gate: {reason}", actor=actor)
     return TaskRun(task, "promoted" if accepted else "rejected", reason, candidate, current, new,
                    {"candidate": ours, "in_service": theirs})
 

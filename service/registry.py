@@ -4,14 +4,20 @@ Each version folder is a PaddleOCR inference model (``inference.pdmodel``, ``inf
 ``inference.yml``) plus ``card.json`` (parent version, creation time, data counts, metrics).
 ``models/<task>/current`` is a one-line text file naming the version in service; it is replaced
 atomically, so a reader sees either the old or the new version, never a half-written one.
+``models/<task>/history.jsonl`` records every change of ``current`` (append-only JSON lines: task,
+from, to, action, reason, actor, time); a rollback walks back along it.
 """
 
 from __future__ import annotations
 
+import fcntl
 import json
+import logging
 import os
 import shutil
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -19,8 +25,12 @@ from typing import Any
 
 import yaml
 
+log = logging.getLogger(__name__)
 TASKS = ("det", "rec", "cls", "ser", "re")
 BASE_VERSION = "base"
+
+
+HISTORY_FILE = "history.jsonl"
 
 
 class RegistryError(RuntimeError):
@@ -55,6 +65,21 @@ def _atomic_write_text(path: Path, text: str) -> None:
         handle.flush()
         os.fsync(handle.fileno())
     os.replace(tmp, path)
+
+
+def _replaced_versions(history: list[dict[str, Any]]) -> list[str]:
+    """The versions a rollback would walk back through, most recent last.
+
+    Each promotion pushes the version it replaced; each rollback pops the one it put back.
+    """
+    stack: list[str] = []
+    for record in history:
+        if record.get("action") == "rollback":
+            if stack and stack[-1] == record["to"]:
+                stack.pop()
+        elif record.get("from"):
+            stack.append(record["from"])
+    return stack
 
 
 class ModelRegistry:
@@ -115,10 +140,66 @@ class ModelRegistry:
         path = self.version_dir(task, version) / "inference.yml"
         return yaml.safe_load(path.read_text(encoding="utf-8"))
 
-    def set_current(self, task: str, version: str) -> None:
-        """Put a version in service (atomic switch of the pointer)."""
+    def set_current(self, task: str, version: str, *, reason: str, actor: str) -> None:
+        """Put a version in service (atomic switch of the pointer) and record why and by whom.
+
+        ``actor`` names who or what made the change (a user, a learning run, a command);
+        putting the version already in service changes nothing and records nothing.
+        """
+        with self._locked(task):
+            self._switch(task, version, "promote", reason, actor)
+
+    def history(self, task: str) -> list[dict[str, Any]]:
+        """Every recorded change of the task's ``current``, oldest first."""
+        path = self.task_dir(task) / HISTORY_FILE
+        if not path.is_file():
+            return []
+        records = []
+        for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+            try:
+                records.append(json.loads(line))
+            except json.JSONDecodeError:  # e.g. a line torn by a crash mid-write: skipped, not fatal
+                if line.strip():
+                    log.warning("%s line %d is not JSON; skipped", path, number)
+        return records
+
+    def rollback(self, task: str, *, actor: str, reason: str = "rollback") -> tuple[str, str]:
+        """Put back the version that was in service before the current one took over.
+
+        Rolling back again walks further back along the history; the rollback is recorded too.
+        Returns (version taken out, version put back).
+        """
+        with self._locked(task):
+            current = self.current_version(task)
+            previous = _replaced_versions(self.history(task))
+            if current is None or not previous:
+                raise RegistryError(f"{task}: nothing to roll back to; no earlier version in service is recorded "
+                                    f"in {self.task_dir(task) / HISTORY_FILE}")
+            self._switch(task, previous[-1], "rollback", reason, actor)
+            return current, previous[-1]
+
+    @contextmanager
+    def _locked(self, task: str) -> Iterator[None]:
+        """One change of ``current`` at a time per task, across processes."""
+        task_dir = self.task_dir(task)
+        task_dir.mkdir(parents=True, exist_ok=True)
+        with open(task_dir / ".lock", "a+") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            yield
+
+    def _switch(self, task: str, version: str, action: str, reason: str, actor: str) -> None:
+        """Switch the pointer and append the change to the history (the caller holds the lock)."""
         self.version_dir(task, version)
+        previous = self.current_version(task)
         _atomic_write_text(self.task_dir(task) / "current", version + "\n")
+        if previous == version:
+            return
+        record = {"task": task, "from": previous, "to": version, "action": action, "reason": reason,
+                  "actor": actor, "at": datetime.now(timezone.utc).isoformat()}
+        with open(self.task_dir(task) / HISTORY_FILE, "a", encoding="utf-8") as handle:
+            handle.write(json.dumps(record, ensure_ascii=False) + "\n")
+            handle.flush()
+            os.fsync(handle.fileno())
 
     def add_version(self, card: ModelCard, files: dict[str, Path], inference_yml: dict[str, Any]) -> Path:
         """Store a new version from model files (name in the folder → source path).

@@ -5,11 +5,20 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import paddle.inference
+import pytest
 import yaml
 from click.testing import CliRunner
 
 from service.cli import cli
 from service.config import PaperloopConfig
+from service.formats import read_funsd
+from service.funsd import split_pairs
+from service.labels import LabelStore
+from service.registry import ModelCard, ModelRegistry
+from service.store import Store
+
+from conftest import FUNSD_ROOT
 
 
 def _invoke(cfg: PaperloopConfig, *args: str):
@@ -88,3 +97,119 @@ def test_train_and_eval_commands_on_gold_labels(own_registry: PaperloopConfig) -
     assert job.output.strip() == "re: skipped — 6 new gold documents < 20"
     refused = CliRunner().invoke(cli, ["--config", str(cfg.paths.resolve("data") / "config.yaml"), "train", "rec"])
     assert refused.exit_code == 2 and "paperloop train --now rec" in refused.output
+
+
+def _placeholder_versions(cfg: PaperloopConfig, tmp_path: Path, *versions: tuple[str, str | None]) -> ModelRegistry:
+    """A registry of its own with ``ser`` versions (version, parent): cards and placeholder files."""
+    cfg.paths.models = tmp_path / "own-models"
+    registry = ModelRegistry(cfg.paths.models)
+    weights = tmp_path / "weights.bin"
+    weights.write_bytes(b"\0")
+    for version, parent in versions:
+        registry.add_version(ModelCard(task="ser", version=version, model_name="PaperloopGraphSER", parent=parent),
+                             {"inference.pdiparams": weights}, {"Global": {"model_name": "PaperloopGraphSER"}})
+    return registry
+
+
+def test_promote_and_rollback_are_recorded_and_rollback_follows_the_record(cfg: PaperloopConfig,
+                                                                            tmp_path: Path) -> None:
+    registry = _placeholder_versions(cfg, tmp_path, ("v1", None), ("v2", "v1"), ("v3", "v1"))
+    for version in ("v1", "v2", "v3"):
+        assert _invoke(cfg, "models", "promote", "ser", version).exit_code == 0
+    # v3's parent is v1, but v2 was in service before it: that is what comes back.
+    assert _invoke(cfg, "models", "rollback", "ser").output.strip() == "ser: v3 → v2 (rolled back)"
+    assert _invoke(cfg, "models", "rollback", "ser").output.strip() == "ser: v2 → v1 (rolled back)"
+    refused = CliRunner().invoke(cli, ["--config", str(cfg.paths.resolve("data") / "config.yaml"),
+                                       "models", "rollback", "ser"])
+    assert refused.exit_code == 1 and "nothing to roll back" in refused.output
+    assert registry.current_version("ser") == "v1"
+    history = registry.history("ser")
+    assert [(h["from"], h["to"], h["action"]) for h in history] == [
+        (None, "v1", "promote"), ("v1", "v2", "promote"), ("v2", "v3", "promote"),
+        ("v3", "v2", "rollback"), ("v2", "v1", "rollback")]
+    assert all(h["actor"].startswith("user ") and "paperloop models" in h["reason"] for h in history)
+    printed = _invoke(cfg, "models", "history", "ser").output.strip().splitlines()
+    assert len(printed) == 5 and "v3 → v2" in printed[3] and "rollback" in printed[3]
+    assert "(none) → v1" in printed[0]
+
+
+def _gold(cfg: PaperloopConfig, train: int, holdout: int = 0) -> LabelStore:
+    labels = LabelStore(Store(cfg.paths.database))
+    for split, source, count in (("train", "training", train), ("holdout", "testing", holdout)):
+        for image, annotation in split_pairs(source, FUNSD_ROOT)[:count]:
+            labels.put(read_funsd(annotation, image), "funsd", split)
+    return labels
+
+
+def _tiny(cfg: PaperloopConfig) -> None:
+    t = cfg.kie.training
+    t.dim, t.layers, t.heads, t.embed_dim, t.line_augmentation = 32, 1, 2, 16, False
+
+
+def test_training_without_signal_is_refused_before_it_starts(own_registry: PaperloopConfig) -> None:
+    cfg = own_registry
+    labels = _gold(cfg, train=3)
+    for document in labels.documents("train"):  # a schema without keys: labels, but no links
+        document.links = []
+        labels.put(document, "funsd", "train")
+    config = cfg.paths.resolve("data") / "config.yaml"
+    _invoke(cfg, "status")  # writes the config file
+    refused = CliRunner().invoke(cli, ["--config", str(config), "train", "re", "--epochs", "1"])
+    assert refused.exit_code == 1 and "no gold links" in refused.output, refused.output
+    assert "training re" not in refused.output
+    for document in labels.documents("train"):  # nothing but "other"
+        for segment in document.segments:
+            segment.label = cfg.kie.other_label
+        labels.put(document, "funsd", "train")
+    refused = CliRunner().invoke(cli, ["--config", str(config), "train", "ser", "--epochs", "1"])
+    assert refused.exit_code == 1 and "no gold label other than 'other'" in refused.output, refused.output
+    registry = ModelRegistry(cfg.paths.resolve("models"))
+    assert registry.versions("ser") == [] and registry.versions("re") == []
+
+
+def test_a_first_version_enters_service_only_after_its_evaluation(own_registry: PaperloopConfig,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    cfg = own_registry
+    _tiny(cfg)
+    _gold(cfg, train=3, holdout=1)
+    registry = ModelRegistry(cfg.paths.resolve("models"))
+    _invoke(cfg, "status")
+
+    def out_of_memory(*_args, **_kwargs):
+        raise MemoryError("simulated: the predictor cannot be created")
+
+    monkeypatch.setattr(paddle.inference, "create_predictor", out_of_memory)
+    failed = CliRunner().invoke(cli, ["--config", str(cfg.paths.resolve("data") / "config.yaml"),
+                                      "train", "ser", "--epochs", "1"])
+    assert failed.exit_code == 1 and "not put in service" in failed.output, failed.output
+    (stored,) = registry.versions("ser")
+    assert registry.current_version("ser") is None and registry.history("ser") == []
+
+    monkeypatch.undo()
+    trained = _invoke(cfg, "train", "ser", "--epochs", "1")
+    assert "(in service)" in trained.output and "holdout Hmean" in trained.output, trained.output
+    version = registry.current_version("ser")
+    assert version != stored
+    evaluation = registry.card("ser", version).metrics["evaluation"]
+    assert evaluation["split"] == "holdout" and evaluation["documents"] == 1 and 0 <= evaluation["metrics"]["hmean"] <= 1
+    (record,) = registry.history("ser")
+    assert record["to"] == version and record["actor"] == "paperloop train ser" and "holdout" in record["reason"]
+
+
+def test_holdout_documents_cannot_be_reimported_into_another_split(cfg: PaperloopConfig, tmp_path: Path) -> None:
+    def funsd_folder(name: str, count: int) -> Path:
+        folder = tmp_path / name
+        (folder / "annotations").mkdir(parents=True)
+        for image, annotation in split_pairs("testing", FUNSD_ROOT)[:count]:
+            (folder / "annotations" / annotation.name).symlink_to(annotation)
+        return folder
+
+    assert _invoke(cfg, "import", "funsd", str(funsd_folder("held", 2)), "--split", "holdout").exit_code == 0
+    config = cfg.paths.resolve("data") / "config.yaml"
+    refused = CliRunner().invoke(cli, ["--config", str(config), "import", "funsd", str(funsd_folder("again", 3)),
+                                       "--split", "train"])
+    assert refused.exit_code == 1 and "frozen holdout" in refused.output, refused.output
+    assert "Traceback" not in refused.output
+    counts = LabelStore(Store(cfg.paths.database)).counts()  # all or nothing: the third form is not in either
+    assert counts["holdout"]["documents"] == 2 and counts["train"]["documents"] == 0
+

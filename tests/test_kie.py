@@ -95,8 +95,10 @@ def quick_models(tmp_path_factory: pytest.TempPathFactory, models_dir: Path) -> 
     for task in ("det", "rec"):
         (registry_root / task).symlink_to(models_dir / task)
     registry = ModelRegistry(registry_root)
-    return {"ser": ser, "re": re, "registry": registry,
-            "versions": {"ser": register(ser, registry, promote=False), "re": register(re, registry, promote=False)}}
+    versions = {"ser": register(ser, registry), "re": register(re, registry)}
+    for task, version in versions.items():
+        registry.set_current(task, version, reason="test: the models under test", actor="tests/test_kie.py")
+    return {"ser": ser, "re": re, "registry": registry, "versions": versions}
 
 
 @pytest.mark.slow

@@ -274,8 +274,68 @@ def test_det_post_processing_is_calibrated_to_the_reviewers_boxes(cfg: Paperloop
     engine = OcrEngine(registry, cfg.ocr)
     assert engine.versions["det"] == run.candidate
     grown = engine.detect(page)
-    registry.set_current("det", "base")
+    registry.set_current("det", "base", reason="test: the shipped boxes", actor="test")
     engine.refresh()
     shipped = engine.detect(page)
     height = lambda boxes: float(np.median([b.points[:, 1].max() - b.points[:, 1].min() for b in boxes]))  # noqa: E731
     assert height(grown) > 1.1 * height(shipped)
+
+
+@pytest.fixture
+def tiny_cfg(loop_cfg: PaperloopConfig) -> PaperloopConfig:
+    """``loop_cfg`` with the smallest models: for tests of what happens around training."""
+    t = loop_cfg.kie.training
+    t.epochs, t.dim, t.layers, t.heads, t.embed_dim, t.line_augmentation = 1, 32, 1, 2, 16, False
+    loop_cfg.learning.min_new_documents = 1
+    return loop_cfg
+
+
+def test_a_first_version_whose_evaluation_fails_stays_out_of_service(tiny_cfg: PaperloopConfig,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    import paddle.inference
+
+    cfg = tiny_cfg
+    store = Store(cfg.paths.database)
+    labels = LabelStore(store)
+    registry = ModelRegistry(cfg.paths.resolve("models"))
+    labels.put(_forms("testing", 10, 1)[0], "funsd", "holdout")
+    for document in _forms("training", 0, 3):
+        labels.put(document, "review", "train")
+
+    def out_of_memory(*_args, **_kwargs):
+        raise MemoryError("simulated: the predictor cannot be created")
+
+    monkeypatch.setattr(paddle.inference, "create_predictor", out_of_memory)
+    (failed,) = run_learning_job(cfg)
+    assert failed.status == "failed" and "MemoryError" in failed.reason
+    assert failed.candidate in registry.versions("ser")  # stored, so the failure can be looked at...
+    assert registry.current_version("ser") is None and registry.history("ser") == []  # ...but not in service
+
+    monkeypatch.undo()
+    (first,) = run_learning_job(cfg, force=True)
+    assert first.status == "promoted" and registry.current_version("ser") == first.candidate
+    assert registry.card("ser", first.candidate).metrics["holdout"]["candidate"] == first.metrics["candidate"]
+    (record,) = registry.history("ser")
+    assert record["to"] == first.candidate and record["actor"].startswith("learning run ")
+    assert "no version in service" in record["reason"]
+
+
+def test_a_task_without_training_signal_is_skipped_with_the_reason(tiny_cfg: PaperloopConfig) -> None:
+    cfg = tiny_cfg
+    cfg.learning.tasks = ["ser", "re"]
+    store = Store(cfg.paths.database)
+    labels = LabelStore(store)
+    labels.put(_forms("testing", 10, 1)[0], "funsd", "holdout")
+    for document in _forms("training", 0, 3):
+        for segment in document.segments:
+            segment.label = "other"
+        document.links = []
+        labels.put(document, "review", "train")
+    ser, re = run_learning_job(cfg, force=True)
+    assert (ser.status, re.status) == ("skipped", "skipped")
+    assert "no gold label other than 'other'" in ser.reason and "no gold links" in re.reason
+    registry = ModelRegistry(cfg.paths.resolve("models"))
+    assert registry.versions("ser") == [] and registry.versions("re") == []
+    with store.transaction() as db:
+        rows = db.execute("SELECT task, status, reason FROM learning_runs ORDER BY id").fetchall()
+    assert [(r[0], r[1]) for r in rows] == [("ser", "skipped"), ("re", "skipped")] and "no gold links" in rows[1][2]

@@ -144,14 +144,39 @@ def _re_ece(logits: Sequence[np.ndarray], examples: Sequence[T.Example], tempera
     return round(expected_calibration_error(np.concatenate(confidences), np.concatenate(correct)), 4)
 
 
+class NoTrainingSignalError(ValueError):
+    """The gold labels hold nothing a task could learn from."""
+
+
+def check_training_signal(task: str, documents: Sequence[Document], labels: Sequence[str], other_label: str) -> None:
+    """Refuse (:class:`NoTrainingSignalError`) when the gold documents cannot teach ``task`` anything.
+
+    SER needs at least one segment with a label of the schema other than ``other_label``; RE
+    needs at least one gold link.
+    """
+    if task == "ser":
+        wanted = [label for label in labels if label != other_label]
+        if not any(s.label in wanted for d in documents for s in d.segments):
+            raise NoTrainingSignalError(
+                f"no SER training signal: the {len(documents)} training documents have no gold label other than "
+                f"{other_label!r} (kie.labels: {', '.join(wanted)}); label some segments first")
+    elif task == "re" and not any(d.links for d in documents):
+        raise NoTrainingSignalError(
+            f"no RE training signal: the {len(documents)} training documents have no gold links (key → value), "
+            f"so RE would learn nothing; link keys to their values first")
+
+
 def next_version(registry: ModelRegistry, task: str) -> str:
     """A new, sortable version name: ``v<n>-<UTC timestamp>``."""
     stamp = datetime.now(timezone.utc).strftime("%Y%m%d%H%M%S")
     return f"v{len(registry.versions(task)) + 1}-{stamp}"
 
 
-def register(trained: TrainedModel, registry: ModelRegistry, promote: bool) -> str:
-    """Export into the registry as a new version; put it in service if asked or if none is."""
+def register(trained: TrainedModel, registry: ModelRegistry) -> str:
+    """Export into the registry as a new version, not in service.
+
+    Putting it in service is the caller's decision, once the version has been evaluated.
+    """
     version = next_version(registry, trained.task)
     specs = input_specs(len(trained.labels) if trained.task == "re" else None)
     card = ModelCard(task=trained.task, version=version,
@@ -164,6 +189,4 @@ def register(trained: TrainedModel, registry: ModelRegistry, promote: bool) -> s
         files = export_for_inference(trained.model, specs, Path(scratch))
         yml = kie_inference_yml(trained.task, trained.labels, trained.temperature, trained.threshold)
         registry.add_version(card, files, yml)
-    if promote or registry.current_version(trained.task) is None:
-        registry.set_current(trained.task, version)
     return version
