@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import paddle.inference
@@ -213,3 +216,29 @@ def test_holdout_documents_cannot_be_reimported_into_another_split(cfg: Paperloo
     counts = LabelStore(Store(cfg.paths.database)).counts()  # all or nothing: the third form is not in either
     assert counts["holdout"]["documents"] == 2 and counts["train"]["documents"] == 0
 
+
+NOISE = ("No ccache found", "not support input out tensor", "UserWarning")
+
+
+def test_paddle_noise_stays_out_of_our_output(own_registry: PaperloopConfig) -> None:
+    cfg = own_registry
+    _tiny(cfg)
+    _gold(cfg, train=3)
+    _invoke(cfg, "status")
+    paperloop = [str(Path(sys.executable).parent / "paperloop"), "--config", str(cfg.paths.resolve("data") / "config.yaml")]
+    for args in (["--help"], ["status"], ["train", "ser", "--epochs", "1"], ["train", "re", "--epochs", "1"]):
+        result = subprocess.run([*paperloop, *args], capture_output=True, text=True, timeout=300)
+        output = result.stdout + result.stderr
+        assert result.returncode == 0, output
+        assert not [n for n in NOISE if n in output], (args, output)
+    assert ModelRegistry(cfg.paths.resolve("models")).current_version("re") is not None
+
+
+def test_native_stderr_filter_drops_only_the_noise(capfd: pytest.CaptureFixture[str]) -> None:
+    from service.paddle_noise import filtered_native_stderr
+
+    with filtered_native_stderr(["not support input out tensor"]):
+        os.write(2, b"W1127 eager_utils.cc:3584] Paddle static graph(PIR) not support input out tensor for now!!!!!\n")
+        os.write(2, b"E1127 something that matters\n")
+    os.write(2, b"after\n")
+    assert capfd.readouterr().err == "E1127 something that matters\nafter\n"

@@ -16,6 +16,7 @@ from service.document import Document, Link
 from service.kie.features import MAX_TOKENS, N_BOX, N_PAIR, N_TEXT_CUES, featurize
 from service.kie.train import decode_links, re_probabilities
 from service.ocr.engine import Predictor
+from service.paddle_noise import quiet_export
 from service.registry import ModelRegistry
 
 SER_MODEL_NAME = "PaperloopGraphSER"
@@ -39,7 +40,8 @@ def input_specs(num_labels: int | None = None) -> list[InputSpec]:
 def export_for_inference(model: paddle.nn.Layer, specs: list[InputSpec], folder: Path) -> dict[str, Path]:
     """``paddle.jit.save`` the model into ``folder``; returns registry file name → path."""
     model.eval()
-    paddle.jit.save(model, str(folder / "inference"), input_spec=specs)
+    with quiet_export():
+        paddle.jit.save(model, str(folder / "inference"), input_spec=specs)
     return {"inference.json": folder / "inference.json", "inference.pdiparams": folder / "inference.pdiparams"}
 
 
