@@ -12,6 +12,7 @@ from pathlib import Path
 import click
 
 from service.config import ConfigError, PaperloopConfig, dump_config, load_config
+from service.errors import IngestError
 from service.registry import TASKS, ModelRegistry, RegistryError
 from service.store import Store
 
@@ -49,13 +50,14 @@ def serve(cfg: PaperloopConfig) -> None:
     from service.daemon import Daemon
 
     _ensure_models(cfg)
+    store = _store(cfg)  # creates data/ and the schema before the scheduler's job store opens it
     scheduler = None
     if cfg.learning.enabled:
         from service.learning import start_scheduler
 
         scheduler = start_scheduler(cfg)
     try:
-        Daemon(cfg, _store(cfg)).run()
+        Daemon(cfg, store).run()
     finally:
         if scheduler is not None:
             scheduler.shutdown(wait=False)
@@ -73,7 +75,12 @@ def process(cfg: PaperloopConfig, paths: tuple[Path, ...]) -> None:
     runner = JobRunner(cfg, _store(cfg))
     failures = 0
     for path in paths:
-        job = runner.enqueue(path, keep_source=True)
+        try:
+            job = runner.enqueue(path, keep_source=True)
+        except IngestError as exc:
+            failures += 1
+            click.echo(f"{path}: failed ({exc.reason.value}) {exc.message}")
+            continue
         if job.duplicate_of is not None:
             original = runner.store.job(job.duplicate_of)
             click.echo(f"{path}: duplicate of job {original.id} ({original.state}) "

@@ -66,6 +66,9 @@ class IngestConfig(StrictModel):
     max_pages: int = Field(50, ge=1)
     max_pixels_per_page: int = Field(40_000_000, ge=1)
     max_file_bytes: int = Field(100 * 1024 * 1024, ge=1)
+    # A file whose processing was interrupted this many times (the worker process died: a segfault
+    # or OOM inside a decoder or Paddle) is quarantined as ``crashed_worker`` instead of retried.
+    max_attempts: int = Field(3, ge=1)
 
 
 # The shipped PP-OCRv4 detector's DB post-processing (PaddleOCR 3 OCR-pipeline defaults).

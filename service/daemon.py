@@ -11,6 +11,7 @@ import fnmatch
 import logging
 import os
 import signal
+import stat
 import threading
 import time
 from dataclasses import dataclass
@@ -22,6 +23,7 @@ from watchdog.observers import Observer
 
 from service.config import PaperloopConfig, WatcherConfig
 from service.jobs import JobRunner
+from service.safe_files import walk_entries
 from service.store import Store
 
 log = logging.getLogger(__name__)
@@ -65,12 +67,12 @@ class ReadinessTracker:
         with self._lock:
             for path, seen in list(self._seen.items()):
                 try:
-                    stat = path.stat()
+                    entry = os.lstat(path)  # the entry itself: a link is never followed
                 except FileNotFoundError:
                     del self._seen[path]
                     continue
-                if (stat.st_size, stat.st_mtime_ns) != (seen.size, seen.mtime_ns):
-                    self._seen[path] = _Observation(stat.st_size, stat.st_mtime_ns, now)
+                if (entry.st_size, entry.st_mtime_ns) != (seen.size, seen.mtime_ns):
+                    self._seen[path] = _Observation(entry.st_size, entry.st_mtime_ns, now)
                 elif now - seen.stable_since >= self.quiet_seconds:
                     done.append(path)
                     del self._seen[path]
@@ -109,16 +111,36 @@ class Daemon:
         self._worker: threading.Thread | None = None
 
     def notice(self, path: Path) -> None:
-        """A file-system event or a scan saw ``path``."""
-        if path.is_file() and not is_ignored(path, self.inbox, self.watcher_cfg.ignore_patterns):
+        """A file-system event or a scan saw ``path``.
+
+        Every entry but a real folder is a candidate: links and FIFOs too, so that they are
+        recorded and quarantined rather than left unexplained in the inbox.
+        """
+        if is_ignored(path, self.inbox, self.watcher_cfg.ignore_patterns):
+            return
+        try:
+            mode = os.lstat(path).st_mode
+        except OSError:
+            return
+        if not stat.S_ISDIR(mode) and not self._known_unmovable(path):
             self.tracker.add(path)
 
+    def _known_unmovable(self, path: Path) -> bool:
+        """An entry that already failed and could not be moved out, unchanged since."""
+        seen = self.runner.unmovable.get(str(path))
+        if seen is None:
+            return False
+        try:
+            now = os.lstat(path)
+        except OSError:
+            return True
+        return (now.st_size, now.st_mtime_ns) == seen
+
     def scan(self) -> None:
-        """Walk the inbox for files not yet queued (start-up scan and periodic rescan)."""
+        """Walk the inbox for entries not yet queued (start-up scan and periodic rescan)."""
         pending = self.store.pending_sources()
-        walker = self.inbox.rglob("*") if self.watcher_cfg.recursive else self.inbox.glob("*")
-        for path in walker:
-            if str(path.resolve()) not in pending:
+        for path in walk_entries(self.inbox, self.watcher_cfg.recursive):
+            if str(path) not in pending:
                 self.notice(path)
 
     def enqueue_ready(self) -> int:
@@ -126,13 +148,16 @@ class Daemon:
         count = 0
         pending = self.store.pending_sources()
         for path in self.tracker.ready():
-            if str(path.resolve()) in pending:
+            if str(path) in pending or self._known_unmovable(path):
                 continue
             try:
                 self.runner.enqueue(path)
                 count += 1
             except FileNotFoundError:
                 log.info("%s vanished before it was queued", path.name)
+            except OSError as exc:  # unreadable: recorded in the log once, not at every rescan
+                log.error("cannot read %s (%s); it stays in the inbox until it changes", path, exc)
+                self.runner.remember_unmovable(path)
         if count:
             self._work_available.set()
         return count

@@ -19,6 +19,9 @@ class Reason(str, Enum):
     TOO_MANY_PAGES = "too_many_pages"
     PAGE_TOO_LARGE = "page_too_large"
     PROCESSING_ERROR = "processing_error"
+    SYMLINK = "symlink"  # a link in the inbox: quarantined itself, its target never touched
+    NOT_A_FILE = "not_a_file"  # a FIFO, socket or device node in the inbox
+    CRASHED_WORKER = "crashed_worker"  # the worker died on this file ingest.max_attempts times
 
 
 class PaperloopError(Exception):

@@ -3,11 +3,15 @@
 Files move ``inbox → data/work → archive`` (or ``quarantine`` with a ``.reason.txt`` beside it).
 The database is always updated before the file moves, and :meth:`JobRunner.recover` finishes any
 move a crash interrupted, so every file is processed exactly once and none is lost.
+
+Inbox entries are hostile: they are never resolved or followed. A symbolic link or a FIFO is
+quarantined itself (its target is never read or moved); names on disk are bounded in bytes while
+the original name stays in the database and the JSON; a file that kept killing the worker is
+quarantined after ``ingest.max_attempts`` interrupted attempts.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -19,18 +23,10 @@ from pathlib import Path
 from service.config import PaperloopConfig
 from service.errors import IngestError, Reason
 from service.pipeline import DocumentPipeline
-from service.store import DUPLICATE, FINISHED_STATES, Job, Store
+from service.safe_files import disk_name, entry_problem, hash_regular_file, inside, is_utf8_name, printable_name
+from service.store import DUPLICATE, FAILED, FINISHED_STATES, QUEUED, Job, Store
 
 log = logging.getLogger(__name__)
-
-
-def sha256_of(path: Path) -> str:
-    """SHA-256 of a file's content, read in chunks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def move_file(source: Path, target: Path) -> None:
@@ -78,6 +74,9 @@ class JobRunner:
         self.quarantine = paths.resolve("quarantine")
         self.output = paths.resolve("output")
         self.work = paths.resolve("data") / "work"
+        # Inbox entries that failed and could not be moved out either: (size, mtime_ns) when last
+        # tried, so that the daemon records them once instead of at every rescan.
+        self.unmovable: dict[str, tuple[int, int]] = {}
 
     @property
     def pipeline(self) -> DocumentPipeline:
@@ -91,12 +90,24 @@ class JobRunner:
     def enqueue(self, path: Path, keep_source: bool = False) -> Job:
         """Record a complete file as a job; a duplicate is never processed.
 
-        A duplicate found in the inbox is moved to ``archive/duplicates``; with ``keep_source`` (the
-        one-shot ``process`` command) the caller's file is left where it is.
+        An inbox entry is taken as it is, never through a link: a link or a FIFO is recorded as a
+        failed job and moved to quarantine itself. A duplicate found in the inbox is moved to
+        ``archive/duplicates``; with ``keep_source`` (the one-shot ``process`` command, whose paths
+        the user typed) the caller's file is read where it is and left there.
         """
-        path = path.resolve()
-        keep_at = None if keep_source else (lambda job_id: self.archive / "duplicates" / f"{job_id}-{path.name}")
-        job = self.store.enqueue(path, sha256_of(path), path.stat().st_size, keep_at or (lambda _id: None))
+        if keep_source:
+            path = path.resolve()
+        else:
+            path = self._utf8_entry(Path(os.path.abspath(path)))
+        try:
+            digest, size = hash_regular_file(path)
+        except IngestError as exc:
+            if keep_source:
+                raise
+            return self._reject(path, exc)
+        keep_at = (lambda _id: None) if keep_source else (
+            lambda job_id: self.archive / "duplicates" / disk_name(job_id, path.name))
+        job = self.store.enqueue(path, digest, size, keep_at)
         if job.state == DUPLICATE:
             if job.final_path:
                 move_file(path, Path(job.final_path))
@@ -105,8 +116,29 @@ class JobRunner:
             log.info("queued %s as job %s", path.name, job.id)
         return job
 
+    def _utf8_entry(self, path: Path) -> Path:
+        """A name that is not valid UTF-8 cannot be stored or written to JSON: rename the entry (in
+        its own folder, without following it) to a readable name first."""
+        if is_utf8_name(path):
+            return path
+        readable = path.with_name(printable_name(path.name))
+        for n in range(1, 1000):
+            if not os.path.lexists(readable):
+                break
+            readable = path.with_name(f"{n}-{printable_name(path.name)}")
+        os.rename(path, readable)
+        log.warning("renamed %r to %s (its name was not UTF-8)", path.name, readable.name)
+        return readable
+
+    def _reject(self, path: Path, problem: IngestError) -> Job:
+        job = self.store.record_rejected(path, problem.reason, problem.message,
+                                         lambda job_id: self.quarantine / disk_name(job_id, path.name))
+        self._keep_in_quarantine(job, path)
+        log.warning("job %s quarantined (%s): %s", job.id, problem.reason.value, problem.message)
+        return job
+
     def _work_path(self, job: Job) -> Path:
-        return self.work / f"{job.id}-{job.source_name}"
+        return self.work / disk_name(job.id, job.source_name)
 
     def process_next(self) -> Outcome | None:
         """Process the oldest queued job; ``None`` when there is none."""
@@ -119,66 +151,152 @@ class JobRunner:
         return None if job is None else self._process(job, keep_source)
 
     def _take(self, job: Job, keep_source: bool) -> Path:
-        """Bring the job's file into the work folder (again, after a crash, if need be)."""
+        """Bring the job's file into the work folder (again, after a crash, if need be).
+
+        An inbox entry is renamed, which never follows a link; only then is the moved entry checked,
+        so a file swapped for a link after it was queued is caught. A file outside the inbox (the
+        ``process`` command) is copied, never moved.
+        """
         work = Path(job.work_path or "")
-        source = Path(job.source_path)
-        if work.is_file():
+        if os.path.lexists(work):
+            _raise_unless_regular(work)
             return work
-        if not source.is_file():
+        source = Path(job.source_path)
+        if not os.path.lexists(source):
             raise IngestError(Reason.FILE_MISSING, f"{source.name} was removed before it could be processed")
         work.parent.mkdir(parents=True, exist_ok=True)
-        if keep_source:
+        if keep_source or not inside(source, self.inbox):
             shutil.copy2(source, work)
         else:
-            move_file(source, work)
+            try:
+                move_file(source, work)
+            except OSError:
+                self.remember_unmovable(source)
+                raise
+        _raise_unless_regular(work)
         return work
 
+    def remember_unmovable(self, source: Path) -> None:
+        """Note an inbox entry that could be neither processed nor moved out, as it is now."""
+        try:
+            stat = os.lstat(source)
+        except OSError:
+            return
+        self.unmovable[str(source)] = (stat.st_size, stat.st_mtime_ns)
+
     def _process(self, job: Job, keep_source: bool) -> Outcome:
+        """Every step, up to the result committed to SQLite, runs inside one failure path."""
         try:
             work = self._take(job, keep_source)
             document = self.pipeline.process_file(work, document_id_for(job), job.sha256, job.source_name)
+            routing = self.pipeline.route(document)
+            json_path = self.output / f"{document.id}.json"
+            write_json_atomic(json_path, {**document.to_dict(), "key_values": document.key_values(),
+                                          "state": routing.state, "review_reason": routing.reason})
+            target = self.archive / disk_name(job.id, job.source_name)
+            self.store.save_result(job.id, document, routing.state, routing.reason, json_path, target)
         except IngestError as exc:
-            return self._quarantine(job, exc.reason, exc.message)
+            return self._quarantine(job, exc.reason, exc.message, keep_source)
         except Exception as exc:  # noqa: BLE001 - one failure path: any error quarantines the file
             log.exception("processing %s failed", job.source_name)
-            return self._quarantine(job, Reason.PROCESSING_ERROR, f"{type(exc).__name__}: {exc}")
-        routing = self.pipeline.route(document)
-        json_path = self.output / f"{document.id}.json"
-        write_json_atomic(json_path, {**document.to_dict(), "key_values": document.key_values(),
-                                      "state": routing.state, "review_reason": routing.reason})
-        target = self.archive / f"{job.id}-{job.source_name}"
-        self.store.save_result(job.id, document, routing.state, routing.reason, json_path, target)
-        move_file(work, target)
+            return self._quarantine(job, Reason.PROCESSING_ERROR, f"{type(exc).__name__}: {exc}", keep_source)
+        # The result is committed: a move that fails now is completed by recover() at the next start.
+        _move_or_log(work, target, job)
         log.info("job %s %s: %s → %s", job.id, routing.state, job.source_name, json_path)
         return Outcome(self.store.job(job.id), json_path)
 
-    def _quarantine(self, job: Job, reason: Reason, message: str) -> Outcome:
-        target = self.quarantine / f"{job.id}-{job.source_name}"
+    def _quarantine(self, job: Job, reason: Reason, message: str, keep_source: bool = False) -> Outcome:
+        target = self.quarantine / disk_name(job.id, job.source_name)
         self.store.fail(job.id, reason, message, target)
-        note = target.with_name(target.name + ".reason.txt")
-        note.parent.mkdir(parents=True, exist_ok=True)
-        note.write_text(f"{reason.value}\n{message}\nsource: {job.source_path}\nsha256: {job.sha256}\n",
-                        encoding="utf-8")
-        work = Path(job.work_path or "")
-        if work.is_file():
-            move_file(work, target)
+        _remove_quietly(self.output / f"{document_id_for(job)}.json")  # a result written before the failure
+        work, source = Path(job.work_path or ""), Path(job.source_path)
+        if os.path.lexists(work):
+            self._keep_in_quarantine(self.store.job(job.id), work)
+        elif not keep_source and inside(source, self.inbox) and os.path.lexists(source):
+            self._keep_in_quarantine(self.store.job(job.id), source)
+        else:
+            self._write_reason_note(self.store.job(job.id))
         log.warning("job %s quarantined (%s): %s", job.id, reason.value, message)
         return Outcome(self.store.job(job.id), None)
+
+    def _keep_in_quarantine(self, job: Job, entry: Path) -> None:
+        """The reason note, then the entry itself (a link is moved as a link)."""
+        self._write_reason_note(job)
+        try:
+            move_file(entry, Path(job.final_path or ""))
+        except OSError as exc:
+            if inside(entry, self.inbox):
+                self.remember_unmovable(entry)
+            log.error("job %s: could not move %s to quarantine (%s); kept where it is", job.id, entry, exc)
+
+    def _write_reason_note(self, job: Job) -> None:
+        if not job.final_path:
+            return
+        note = Path(job.final_path + ".reason.txt")
+        try:
+            note.parent.mkdir(parents=True, exist_ok=True)
+            note.write_text(reason_note(job), encoding="utf-8")
+        except OSError as exc:
+            log.error("job %s: could not write %s (%s)", job.id, note, exc)
 
     # -- crash recovery ---------------------------------------------------------------------
 
     def recover(self) -> int:
-        """Finish what a crash interrupted: requeue in-flight jobs, complete pending file moves."""
+        """Finish what a crash interrupted: requeue in-flight jobs, quarantine files that crashed
+        the worker too often, complete pending file moves. One bad row never stops it."""
         requeued = self.store.requeue_interrupted()
         for job in self.store.jobs():
-            if job.state not in FINISHED_STATES or not job.final_path or Path(job.final_path).exists():
-                continue
-            # A duplicate never left the inbox; anything else waits in the work folder.
-            pending = Path(job.source_path) if job.state == DUPLICATE else Path(job.work_path or "")
-            if pending.is_file() and (job.state != DUPLICATE or sha256_of(pending) == job.sha256):
-                move_file(pending, Path(job.final_path))
-                log.info("completed the interrupted move of job %s to %s", job.id, job.final_path)
+            try:
+                self._recover_job(job)
+            except Exception:  # noqa: BLE001 - recovery goes on with the other jobs
+                log.exception("could not recover job %s (%s); left as it is", job.id, job.source_name)
         if requeued:
             log.warning("requeued %d job(s) interrupted by a crash", requeued)
         return requeued
 
+    def _recover_job(self, job: Job) -> None:
+        if job.state == QUEUED and job.attempts >= self.cfg.ingest.max_attempts:
+            self._quarantine(job, Reason.CRASHED_WORKER,
+                             f"processing {job.source_name} was interrupted {job.attempts} times "
+                             "(the worker process died); not tried again")
+            return
+        if job.state not in FINISHED_STATES or not job.final_path or os.path.lexists(job.final_path):
+            return
+        # A duplicate never left the inbox; anything else waits in the work folder.
+        pending = Path(job.source_path) if job.state == DUPLICATE else Path(job.work_path or "")
+        if not os.path.lexists(pending):
+            return
+        if job.state == DUPLICATE and hash_regular_file(pending)[0] != job.sha256:
+            return
+        if job.state == FAILED:
+            self._write_reason_note(job)
+        move_file(pending, Path(job.final_path))
+        log.info("completed the interrupted move of job %s to %s", job.id, job.final_path)
+
+
+def reason_note(job: Job) -> str:
+    """The ``.reason.txt`` kept beside a quarantined file: code, message, original name and path."""
+    message = " ".join((job.reason or "").splitlines())
+    return (f"{job.reason_code}\n{message}\n"
+            f"name: {json.dumps(job.source_name, ensure_ascii=False)}\n"
+            f"source: {json.dumps(job.source_path, ensure_ascii=False)}\nsha256: {job.sha256}\n")
+
+
+def _raise_unless_regular(path: Path) -> None:
+    problem = entry_problem(path)
+    if problem is not None:
+        raise problem
+
+
+def _remove_quietly(path: Path) -> None:
+    try:
+        path.unlink(missing_ok=True)
+    except OSError:
+        pass
+
+
+def _move_or_log(source: Path, target: Path, job: Job) -> None:
+    try:
+        move_file(source, target)
+    except OSError as exc:
+        log.error("job %s: could not move %s to %s (%s); the next start completes it", job.id, source, target, exc)

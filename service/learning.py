@@ -262,6 +262,7 @@ def start_scheduler(cfg: PaperloopConfig) -> Any:
     learning = cfg.learning
     trigger = (CronTrigger.from_crontab(learning.cron) if learning.trigger == "cron"
                else IntervalTrigger(hours=learning.interval_hours))
+    cfg.paths.database.parent.mkdir(parents=True, exist_ok=True)
     scheduler = BackgroundScheduler(jobstores={"default": SQLAlchemyJobStore(url=f"sqlite:///{cfg.paths.database}")})
     scheduler.add_job("service.learning:scheduled_learning_job", trigger, args=[dump_config(cfg)], id=JOB_ID,
                       replace_existing=True, max_instances=1, coalesce=True,

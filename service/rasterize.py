@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
+import numpy as np
 from pdf2image import convert_from_path, pdfinfo_from_path
 from pdf2image.exceptions import PDFInfoNotInstalledError, PDFPageCountError, PDFPopplerTimeoutError
 from PIL import Image, ImageSequence, UnidentifiedImageError
@@ -150,7 +151,36 @@ def _pdf_page(path: Path, number: int, cfg: IngestConfig) -> Image.Image:
         raise IngestError(Reason.PDF_DAMAGED, f"{path.name} page {number} cannot be rasterized: {exc}") from exc
     if not images:
         raise IngestError(Reason.PDF_DAMAGED, f"{path.name} page {number} produced no image")
-    return images[0].convert("RGB")
+    return to_rgb(images[0])
+
+
+_HIGH_DEPTH_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I", "F")
+
+
+def to_rgb(image: Image.Image) -> Image.Image:
+    """An 8-bit RGB page from whatever mode a scanner or converter wrote.
+
+    16-bit and 32-bit grey (``I;16``, ``I``, ``F``) are scaled to 8 bits rather than clipped, which
+    would turn a 16-bit scan almost white; transparent pixels (``RGBA``, ``LA``, ``P`` with a
+    transparent colour) are laid on white paper rather than on black.
+    """
+    if image.mode in _HIGH_DEPTH_MODES:
+        return Image.fromarray(_grey_to_8_bit(np.asarray(image)), mode="L").convert("RGB")
+    if image.mode in ("RGBA", "LA", "PA", "La", "RGBa") or (image.mode == "P" and "transparency" in image.info):
+        rgba = image.convert("RGBA")
+        paper = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(paper, rgba).convert("RGB")
+    return image.convert("RGB")
+
+
+def _grey_to_8_bit(samples: np.ndarray) -> np.ndarray:
+    values = samples.astype(np.float64)
+    peak = float(values.max()) if values.size else 0.0
+    if peak <= 1.0 and samples.dtype.kind == "f":
+        values = values * 255.0  # float images in [0, 1]
+    elif peak > 255.0:
+        values = values / 257.0  # 16-bit samples (0..65535)
+    return np.clip(np.rint(values), 0, 255).astype(np.uint8)
 
 
 def iter_pages(path: Path, info: SourceInfo, cfg: IngestConfig) -> Iterator[Image.Image]:
@@ -162,7 +192,7 @@ def iter_pages(path: Path, info: SourceInfo, cfg: IngestConfig) -> Iterator[Imag
     with _open_image(path, info.kind) as image:
         for number, frame in enumerate(ImageSequence.Iterator(image), start=1):
             try:
-                page = frame.convert("RGB")
+                page = to_rgb(frame)
             except (OSError, SyntaxError, ValueError) as exc:
                 raise IngestError(Reason.IMAGE_DAMAGED, f"{path.name} page {number} cannot be decoded: {exc}") from exc
             yield page

@@ -233,6 +233,22 @@ class Store:
                 })
             return Job.from_row(self.db["jobs"].get(job_id))
 
+    def record_rejected(self, source: Path, reason: Reason, message: str,
+                        final_path: Callable[[int], Path]) -> Job:
+        """Record an inbox entry refused at intake (a link, a FIFO): a ``failed`` job from the start.
+
+        ``final_path(job_id)`` names where the entry is kept in quarantine.
+        """
+        now = utc_now()
+        with self._lock, self.db.atomic():
+            job_id = self.db["jobs"].insert({
+                "source_path": str(source), "source_name": source.name, "sha256": "", "size": 0,
+                "state": FAILED, "reason_code": reason.value, "reason": message, "created_at": now,
+                "updated_at": now,
+            }).last_pk
+            self.db["jobs"].update(job_id, {"final_path": str(final_path(job_id))})
+            return Job.from_row(self.db["jobs"].get(job_id))
+
     def pending_sources(self) -> set[str]:
         """Source paths of jobs not yet taken from the inbox or still in flight."""
         with self._lock:
