@@ -23,7 +23,7 @@ from watchdog.observers import Observer
 
 from service.config import PaperloopConfig, WatcherConfig
 from service.jobs import JobRunner
-from service.safe_files import walk_entries
+from service.safe_files import inside, walk_entries
 from service.store import Store
 
 log = logging.getLogger(__name__)
@@ -116,8 +116,8 @@ class Daemon:
         Every entry but a real folder is a candidate: links and FIFOs too, so that they are
         recorded and quarantined rather than left unexplained in the inbox.
         """
-        if is_ignored(path, self.inbox, self.watcher_cfg.ignore_patterns):
-            return
+        if is_ignored(path, self.inbox, self.watcher_cfg.ignore_patterns) or not inside(path, self.inbox):
+            return  # hidden, temporary, or reached through a linked folder (that link is quarantined)
         try:
             mode = os.lstat(path).st_mode
         except OSError:

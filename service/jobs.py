@@ -99,6 +99,9 @@ class JobRunner:
             path = path.resolve()
         else:
             path = self._utf8_entry(Path(os.path.abspath(path)))
+            if not inside(path, self.inbox):
+                return self._reject(path, IngestError(
+                    Reason.SYMLINK, f"{path.name} was reached through a linked folder; never read or moved"))
         try:
             digest, size = hash_regular_file(path)
         except IngestError as exc:
@@ -220,8 +223,12 @@ class JobRunner:
         return Outcome(self.store.job(job.id), None)
 
     def _keep_in_quarantine(self, job: Job, entry: Path) -> None:
-        """The reason note, then the entry itself (a link is moved as a link)."""
+        """The reason note, then the entry itself (a link is moved as a link). Only entries of the
+        inbox and the work folder are ever moved."""
         self._write_reason_note(job)
+        if not (inside(entry, self.inbox) or inside(entry, self.work)):
+            log.error("job %s: %s is not in the inbox; left where it is", job.id, entry)
+            return
         try:
             move_file(entry, Path(job.final_path or ""))
         except OSError as exc:

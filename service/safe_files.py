@@ -114,9 +114,14 @@ def hash_regular_file(path: Path) -> tuple[str, int]:
 
 
 def inside(path: Path, folder: Path) -> bool:
-    """Whether ``path`` (not resolved: a link's own location counts) lies under ``folder``."""
+    """Whether the entry ``path`` really lies under ``folder`` (a resolved path).
+
+    The entry itself is not followed (a link's own location counts), but its parent folders are:
+    ``inbox/linked-folder/file`` is outside the inbox when ``linked-folder`` is a link.
+    """
+    real = Path(os.path.realpath(Path(os.path.abspath(path)).parent)) / Path(path).name
     try:
-        Path(os.path.abspath(path)).relative_to(folder)
+        real.relative_to(folder)
     except ValueError:
         return False
     return True

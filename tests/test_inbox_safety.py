@@ -87,6 +87,27 @@ def test_the_scan_never_descends_into_a_linked_folder(tmp_path: Path) -> None:
     assert sorted(p.relative_to(inbox).as_posix() for p in found) == ["team/linked", "team/real.pdf"]
 
 
+def test_a_file_behind_a_linked_folder_is_never_read_or_moved(
+    cfg: PaperloopConfig, tmp_path: Path, funsd_page_path: Path
+) -> None:
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    private = outside / "private.png"
+    shutil.copy(funsd_page_path, private)
+    inbox = cfg.paths.resolve("inbox")
+    (inbox / "linked").symlink_to(outside, target_is_directory=True)
+    store = Store(cfg.paths.database)
+    daemon = Daemon(cfg, store, JobRunner(cfg, store))
+
+    daemon.notice(inbox / "linked" / "private.png")  # as an event from inside the linked folder would
+    job = daemon.runner.enqueue(inbox / "linked" / "private.png")
+
+    assert len(daemon.tracker) == 0
+    assert (job.state, job.reason_code, job.sha256) == (FAILED, Reason.SYMLINK.value, "")
+    assert private.read_bytes() == funsd_page_path.read_bytes()
+    assert not any(cfg.paths.resolve("quarantine").glob("*.png"))
+
+
 # -- names --------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("name", ["x" * 251 + ".pdf", "é" * 127, "ü" * 120 + ".ñame", "a\nb\tc.png", "report.pdf"])

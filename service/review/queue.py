@@ -323,6 +323,8 @@ class ReviewService:
                     return SaveResult(document_id, revision, split, changes)
             validate(gold)
             stratum = None
+            if split is None and from_gold:  # gold imported before review keeps its split (holdout is frozen)
+                split = db.execute("SELECT split FROM gold_documents WHERE id = ?", [document_id]).fetchone()[0]
             if split is None:
                 split, stratum = self._assign_split(db, gold)
             self.labels.put(gold, source=REVIEW_SOURCE, split=split)
