@@ -195,9 +195,11 @@ class JobRunner:
             routing = self.pipeline.route(document)
             json_path = self.output / f"{document.id}.json"
             write_json_atomic(json_path, {**document.to_dict(), "key_values": document.key_values(),
-                                          "state": routing.state, "review_reason": routing.reason})
+                                          "state": routing.state, "review_reason": routing.reason,
+                                          "routing": routing.record})
             target = self.archive / disk_name(job.id, job.source_name)
-            self.store.save_result(job.id, document, routing.state, routing.reason, json_path, target)
+            self.store.save_result(job.id, document, routing.state, routing.reason, json_path, target,
+                                   routing=routing.record)
         except IngestError as exc:
             return self._quarantine(job, exc.reason, exc.message, keep_source)
         except Exception as exc:  # noqa: BLE001 - one failure path: any error quarantines the file

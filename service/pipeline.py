@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from PIL import Image
@@ -14,15 +15,24 @@ from service.kie.inference import KieModels, LayoutXLMModels
 from service.ocr import OcrEngine, OcrLine
 from service.rasterize import iter_pages, probe
 from service.registry import ModelRegistry
-from service.store import DONE, NEEDS_REVIEW, utc_now
+from service.store import DONE, NEEDS_REVIEW, JobState, utc_now
+
+if TYPE_CHECKING:
+    from service.review.routing import Decision
 
 
 @dataclass(frozen=True)
 class Routing:
-    """Where a processed document goes next, and why."""
+    """Where a processed document goes next, and why (``decision`` is the structured record)."""
 
-    state: str  # DONE or NEEDS_REVIEW
+    state: JobState  # DONE or NEEDS_REVIEW
     reason: str | None
+    decision: "Decision | None" = None
+
+    @property
+    def record(self) -> dict[str, Any] | None:
+        """The routing record stored with the result (``routing`` in the JSON and the database)."""
+        return self.decision.to_dict() if self.decision is not None else None
 
 
 def _segments(lines: list[OcrLine], page: int, versions: dict[str, str]) -> list[Segment]:
@@ -82,4 +92,4 @@ class DocumentPipeline:
         from service.review import decide
 
         decision = decide(document, self.cfg)
-        return Routing(NEEDS_REVIEW if decision.needs_review else DONE, decision.summary)
+        return Routing(NEEDS_REVIEW if decision.needs_review else DONE, decision.summary, decision)

@@ -1,8 +1,11 @@
 """SQLite persistence (through sqlite-utils): the job table and the processed results.
 
-Job states: ``queued`` → ``processing`` → ``done`` | ``needs_review`` | ``failed``; a file whose
-content was seen before is recorded as ``duplicate`` of the original job and not processed again.
-The database runs in WAL mode so ``paperloop status`` can read while the daemon writes.
+Job states (:class:`JobState`): ``queued`` → ``processing`` → ``done`` | ``needs_review`` |
+``failed``; a file whose content was seen before is recorded as ``duplicate`` of the original job and
+not processed again. Each processed document keeps its routing record (``documents.routing``, the
+JSON of :meth:`service.review.routing.Decision.to_dict`). The database runs in WAL mode so
+``paperloop status`` can read while the daemon writes. The review queue's tables (``review_items``,
+``review_claims``, ``review_audit``) are reached through :class:`service.review_store.ReviewStore`.
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ import sqlite3
 import threading
 from dataclasses import dataclass
 from datetime import datetime, timezone
+from enum import Enum
 from pathlib import Path
 from contextlib import contextmanager
 from typing import Any, Callable, Iterator
@@ -21,10 +25,26 @@ import sqlite_utils
 from service.document import Document, Link, Page, Segment, Word
 from service.errors import Reason
 
+
+class JobState(str, Enum):
+    """The state of a job; members are ``str`` and equal to their value, which the database stores."""
+
+    QUEUED = "queued"
+    PROCESSING = "processing"
+    DONE = "done"
+    NEEDS_REVIEW = "needs_review"
+    FAILED = "failed"
+    DUPLICATE = "duplicate"
+
+    __str__ = str.__str__  # "done", not "JobState.DONE", in messages and f-strings
+    __format__ = str.__format__
+
+
+# Module-level aliases of the members, for ``from service.store import DONE``.
 QUEUED, PROCESSING, DONE, NEEDS_REVIEW, FAILED, DUPLICATE = (
-    "queued", "processing", "done", "needs_review", "failed", "duplicate",
+    JobState.QUEUED, JobState.PROCESSING, JobState.DONE, JobState.NEEDS_REVIEW, JobState.FAILED, JobState.DUPLICATE,
 )
-STATES = (QUEUED, PROCESSING, DONE, NEEDS_REVIEW, FAILED, DUPLICATE)
+STATES = tuple(JobState)
 FINISHED_STATES = (DONE, NEEDS_REVIEW, FAILED, DUPLICATE)
 # A new file with the same content as a job in one of these states is a duplicate.
 DEDUP_STATES = (QUEUED, PROCESSING, DONE, NEEDS_REVIEW)
@@ -44,7 +64,7 @@ class Job:
     source_name: str
     sha256: str
     size: int
-    state: str
+    state: JobState
     work_path: str | None = None
     final_path: str | None = None
     document_id: str | None = None
@@ -58,7 +78,8 @@ class Job:
     @classmethod
     def from_row(cls, row: dict[str, Any]) -> "Job":
         """Build from a ``jobs`` row."""
-        return cls(**{k: row[k] for k in cls.__dataclass_fields__})
+        fields = {k: row[k] for k in cls.__dataclass_fields__}
+        return cls(**{**fields, "state": JobState(fields["state"])})
 
 
 def _migration_1(db: sqlite_utils.Database) -> None:
@@ -144,6 +165,12 @@ def _migration_5(db: sqlite_utils.Database) -> None:
     db["review_sessions"].create_index(["name"])
 
 
+def _migration_6(db: sqlite_utils.Database) -> None:
+    # The routing decision stored with the result (JSON of Decision.to_dict(); NULL for documents
+    # processed before this migration).
+    db["documents"].add_column("routing", str)
+
+
 # Append-only: a migration, once released, is never edited; add a new one instead.
 MIGRATIONS: list[tuple[str, Callable[[sqlite_utils.Database], None]]] = [
     ("0001_jobs_documents_pages_segments", _migration_1),
@@ -151,6 +178,7 @@ MIGRATIONS: list[tuple[str, Callable[[sqlite_utils.Database], None]]] = [
     ("0003_review_queue_claims_audit", _migration_3),
     ("0004_learning_runs", _migration_4),
     ("0005_reviewer_accounts", _migration_5),
+    ("0006_routing_decision", _migration_6),
 ]
 
 
@@ -301,9 +329,13 @@ class Store:
 
     # -- results ----------------------------------------------------------------------------
 
-    def save_result(self, job_id: int, document: Document, state: str, review_reason: str | None,
-                    json_path: Path, final_path: Path) -> None:
-        """Store a processed document and finish its job, all in one transaction."""
+    def save_result(self, job_id: int, document: Document, state: JobState | str, review_reason: str | None,
+                    json_path: Path, final_path: Path, routing: dict[str, Any] | None = None) -> None:
+        """Store a processed document and finish its job, all in one transaction.
+
+        ``routing`` is the routing record (:meth:`service.review.routing.Decision.to_dict`), kept as
+        JSON in ``documents.routing``.
+        """
         with self._lock, self.db.atomic():
             self._delete_document(document.id)
             self.db["documents"].insert({
@@ -311,6 +343,7 @@ class Store:
                 "sha256": document.sha256, "created_at": document.created_at,
                 "page_count": len(document.pages), "state": state, "review_reason": review_reason,
                 "json_path": str(json_path), "model_versions": json.dumps(document.model_versions),
+                "routing": json.dumps(routing, ensure_ascii=False) if routing is not None else None,
             })
             self.db["pages"].insert_all({
                 "document_id": document.id, "number": p.number, "width": p.width,
@@ -328,6 +361,15 @@ class Store:
         for table in ("links", "segments", "pages"):
             self.db.execute(f"DELETE FROM {table} WHERE document_id = ?", [document_id])
         self.db.execute("DELETE FROM documents WHERE id = ?", [document_id])
+
+    def routing(self, document_id: str) -> dict[str, Any] | None:
+        """The routing record stored with a document; ``None`` if it was processed before records
+        were kept. ``KeyError`` for an unknown document."""
+        with self._lock:
+            row = self.db.execute("SELECT routing FROM documents WHERE id = ?", [document_id]).fetchone()
+        if row is None:
+            raise KeyError(document_id)
+        return json.loads(row[0]) if row[0] else None
 
     def document(self, document_id: str) -> Document:
         """Rebuild a stored document."""

@@ -66,7 +66,7 @@ def make_document(cfg: PaperloopConfig, store: Store, name: str, segments_per_pa
                         model_versions={"det": "base", "rec": "base"}, pages=pages, links=list(links))
     routing = DocumentPipeline.route(_PipelineStub(cfg), document)
     store.save_result(job.id, document, routing.state, routing.reason, cfg.paths.resolve("output") / f"{document_id}.json",
-                      cfg.paths.resolve("archive") / name)
+                      cfg.paths.resolve("archive") / name, routing=routing.record)
     return document
 
 

@@ -9,11 +9,15 @@
   pipeline never writes gold, and a reviewed document never returns to the queue. Accepting saved
   gold without a change only logs who looked (revision, reviewer and gold stay as they were).
 * New gold documents are split into ``train`` and ``holdout``, stratified by their rarest label.
+* A document enters the queue with the routing record stored with its result (reasons, audit flag,
+  uncertainty at processing time); it is not decided again under today's configuration.
+
+This module holds the review logic only: every read and write of the database goes through
+:class:`service.review_store.ReviewStore`.
 """
 
 from __future__ import annotations
 
-import json
 import math
 import uuid
 from collections import Counter
@@ -27,8 +31,9 @@ from service.labels import LabelStore, validate
 from service.registry import ModelRegistry, RegistryError
 from service.review.auth import clean_reviewer_name
 from service.review.gold import Change, diff_documents, to_gold
-from service.review.routing import ReviewReason, decide, document_uncertainty
-from service.store import NEEDS_REVIEW, Store, utc_now
+from service.review.routing import Decision, ReviewReason, decide, document_uncertainty
+from service.review_store import ReviewStore, RoutedDocument
+from service.store import Store, utc_now
 
 WAITING, REVIEWED = "waiting", "reviewed"
 REVIEW_SOURCE = "review"
@@ -109,6 +114,7 @@ class ReviewService:
     def __init__(self, cfg: PaperloopConfig, store: Store) -> None:
         self.cfg = cfg
         self.store = store
+        self.records = ReviewStore(store)
         self.labels = LabelStore(store)
         self.data_dir = cfg.paths.resolve("data")
 
@@ -120,70 +126,60 @@ class ReviewService:
         A reviewed document stays reviewed whatever the pipeline does later. Returns how many
         items were added or refreshed.
         """
-        with self.store.transaction() as db:
-            rows = db.execute(
-                "SELECT d.id, d.created_at, d.review_reason, r.document_created_at, r.status "
-                "FROM documents d LEFT JOIN review_items r ON r.document_id = d.id "
-                "WHERE d.state = ? AND (r.document_id IS NULL OR "
-                "(r.status = ? AND r.document_created_at IS NOT d.created_at))",
-                [NEEDS_REVIEW, WAITING]).fetchall()
         changed = 0
-        for document_id, created_at, stored_reason, _, status in rows:
-            document = self.store.document(document_id)
-            decision = decide(document, self.cfg)
+        for routed in self.records.routed_documents(WAITING):
+            decision = self._decision(routed)
             reasons = [r.to_dict() for r in decision.reasons]
-            audit = decision.audit
-            if not reasons:  # the config changed since: keep the reason given at processing time
-                audit = (stored_reason or "").startswith("audit sample")
-                reasons = [ReviewReason("audit" if audit else "pipeline",
-                                        stored_reason or "sent to review by the pipeline").to_dict()]
-            reason = stored_reason or "; ".join(r["detail"] for r in reasons)
-            with self.store.transaction() as db:
-                current = db.execute("SELECT status FROM review_items WHERE document_id = ?",
-                                     [document_id]).fetchone()
-                if current is not None and current[0] != WAITING:
+            reason = routed.review_reason or "; ".join(r["detail"] for r in reasons)
+            with self.records.transaction():
+                if self.records.item_status(routed.document_id) not in (None, WAITING):
                     continue
-                db["review_items"].upsert({
-                    "document_id": document_id, "document_created_at": created_at, "reason": reason,
-                    "reasons": json.dumps(reasons), "audit": int(audit),
-                    "uncertainty": decision.uncertainty, "status": WAITING,
-                    "queued_at": created_at or utc_now(), "revision": 0,
-                }, pk="document_id")
+                self.records.put_item(routed.document_id, routed.created_at, reason, reasons, decision.audit,
+                                      decision.uncertainty, WAITING, routed.created_at or utc_now(), replace=True)
             changed += 1
         return changed
 
+    def _decision(self, routed: RoutedDocument) -> Decision:
+        """The routing decision stored with the result (see :mod:`service.review.routing`)."""
+        if routed.routing is None:
+            return self._legacy_decision(routed)
+        decision = Decision.from_dict(routed.routing)
+        if decision.reasons:
+            return decision
+        detail = routed.review_reason or "sent to review by the pipeline"
+        return Decision(True, (ReviewReason("pipeline", detail),), decision.audit, decision.uncertainty)
+
+    def _legacy_decision(self, routed: RoutedDocument) -> Decision:
+        """A result stored before routing records were kept (migration 0006) is decided again; when the
+        configuration changed since and nothing is found, the reason given at processing time is kept
+        (its text is the only record of an audit sample)."""
+        decision = decide(self.store.document(routed.document_id), self.cfg)
+        if decision.reasons:
+            return decision
+        audit = (routed.review_reason or "").startswith("audit sample")
+        detail = routed.review_reason or "sent to review by the pipeline"
+        return Decision(True, (ReviewReason("audit" if audit else "pipeline", detail),), audit, decision.uncertainty)
+
     def ensure_item(self, document_id: str, reason: str = "opened by a reviewer") -> None:
         """Put a document that the pipeline passed into the queue (e.g. to correct it anyway)."""
-        with self.store.transaction() as db:
-            if db.execute("SELECT 1 FROM review_items WHERE document_id = ?", [document_id]).fetchone():
+        with self.records.transaction():
+            if self.records.item_status(document_id) is not None:
                 return
-            row = db.execute("SELECT created_at FROM documents WHERE id = ?", [document_id]).fetchone()
-            if row is None:
-                raise KeyError(document_id)
+            created_at = self.records.document_created_at(document_id)
             document = self.store.document(document_id)
-            db["review_items"].insert({
-                "document_id": document_id, "document_created_at": row[0], "reason": reason,
-                "reasons": json.dumps([ReviewReason("manual", reason).to_dict()]), "audit": 0,
-                "uncertainty": document_uncertainty(document, self.cfg.review.uncertainty),
-                "status": WAITING, "queued_at": utc_now(), "revision": 0,
-            })
+            self.records.put_item(document_id, created_at, reason, [ReviewReason("manual", reason).to_dict()],
+                                  False, document_uncertainty(document, self.cfg.review.uncertainty), WAITING,
+                                  utc_now())
 
     def items(self, status: str | None = WAITING) -> list[QueueItem]:
         """Queue items (with their live claims), unordered; all statuses with ``status=None``."""
-        now = utc_now()
-        where, args = ("WHERE r.status = ?", [status]) if status else ("", [])
-        with self.store.transaction() as db:
-            rows = db.execute(
-                "SELECT r.document_id, d.source_name, d.page_count, r.reason, r.reasons, r.audit, r.uncertainty, "
-                "r.status, r.queued_at, r.revision, r.reviewed_by, r.reviewed_at, r.split, c.reviewer, c.expires_at "
-                "FROM review_items r LEFT JOIN documents d ON d.id = r.document_id "
-                "LEFT JOIN review_claims c ON c.document_id = r.document_id AND c.expires_at > ? "
-                f"{where}", [now, *args]).fetchall()
         return [QueueItem(
-            document_id=r[0], source_name=r[1] or r[0], page_count=r[2] or 0, reason=r[3] or "",
-            reasons=json.loads(r[4] or "[]"), audit=bool(r[5]), uncertainty=float(r[6] or 0.0),
-            status=r[7], queued_at=r[8], revision=int(r[9] or 0), reviewed_by=r[10], reviewed_at=r[11],
-            split=r[12], claimed_by=r[13], claim_expires_at=r[14]) for r in rows]
+            document_id=r["document_id"], source_name=r["source_name"] or r["document_id"],
+            page_count=r["page_count"] or 0, reason=r["reason"] or "", reasons=r["reasons"], audit=bool(r["audit"]),
+            uncertainty=float(r["uncertainty"] or 0.0), status=r["status"], queued_at=r["queued_at"],
+            revision=int(r["revision"] or 0), reviewed_by=r["reviewed_by"], reviewed_at=r["reviewed_at"],
+            split=r["split"], claimed_by=r["claimed_by"], claim_expires_at=r["claim_expires_at"],
+        ) for r in self.records.items(status, utc_now())]
 
     def queue(self, order: str = "informative", kinds: Iterable[str] | None = None,
               audit: bool | None = None, min_uncertainty: float = 0.0, search: str = "",
@@ -234,29 +230,24 @@ class ReviewService:
         if not reviewer:
             raise ReviewError("a reviewer name is required")
         now = utc_now()
-        with self.store.transaction() as db:
-            row = db.execute("SELECT reviewer, expires_at, claimed_at FROM review_claims WHERE document_id = ?",
-                             [document_id]).fetchone()
-            if row is not None and row[0] != reviewer and row[1] > now:
-                raise ClaimError(f"{document_id} is being reviewed by {row[0]} (claimed {row[2][:16]} UTC)")
+        with self.records.transaction():
+            held = self.records.claim(document_id)
+            live = held is not None and held.expires_at > now
+            if live and held.reviewer != reviewer:
+                raise ClaimError(f"{document_id} is being reviewed by {held.reviewer} "
+                                 f"(claimed {held.claimed_at[:16]} UTC)")
             expires = _iso_in(self.cfg.review.claim_minutes)
-            claimed_at = row[2] if row is not None and row[0] == reviewer and row[1] > now else now
-            db["review_claims"].upsert({"document_id": document_id, "reviewer": reviewer,
-                                        "claimed_at": claimed_at, "expires_at": expires}, pk="document_id")
+            claimed_at = held.claimed_at if live else now
+            self.records.put_claim(document_id, reviewer, claimed_at, expires)
         return expires
 
     def release(self, document_id: str, reviewer: str) -> None:
         """Give up one's claim on a document (someone else's claim is left alone)."""
-        with self.store.transaction() as db:
-            db.execute("DELETE FROM review_claims WHERE document_id = ? AND reviewer = ?",
-                       [document_id, clean_reviewer_name(reviewer)])
+        self.records.delete_claim(document_id, clean_reviewer_name(reviewer))
 
     def claimed_by(self, document_id: str) -> str | None:
         """Who holds a live claim on the document."""
-        with self.store.transaction() as db:
-            row = db.execute("SELECT reviewer FROM review_claims WHERE document_id = ? AND expires_at > ?",
-                             [document_id, utc_now()]).fetchone()
-        return row[0] if row else None
+        return self.records.live_claimant(document_id, utc_now())
 
     def next_for(self, reviewer: str, skip: Iterable[str] = (), **filters: Any) -> str | None:
         """Claim the first waiting document in queue order that no one else holds; its id or ``None``."""
@@ -279,11 +270,8 @@ class ReviewService:
 
     def working_copy(self, document_id: str) -> tuple[Document, int]:
         """(document to edit, revision): the saved gold if there is one, else the prediction."""
-        revision = 0
-        with self.store.transaction() as db:
-            row = db.execute("SELECT revision FROM review_items WHERE document_id = ?", [document_id]).fetchone()
-        if row is not None:
-            revision = int(row[0] or 0)
+        state = self.records.item_state(document_id)
+        revision = state["revision"] if state is not None else 0
         if self.labels.exists(document_id):
             return self.labels.get(document_id), revision
         return self.prediction(document_id), revision
@@ -301,14 +289,14 @@ class ReviewService:
             raise ReviewError(f"the edited document is {edited.id}, not {document_id}")
         self.ensure_item(document_id)
         prediction = self.prediction(document_id)
-        with self.store.transaction() as db:
+        with self.records.transaction():
             self.claim(document_id, reviewer)
-            item = db.execute("SELECT revision, split, reviewed_by, reviewed_at, status FROM review_items "
-                              "WHERE document_id = ?", [document_id]).fetchone()
-            revision, split = int(item[0] or 0), item[1]
+            item = self.records.item_state(document_id)
+            revision, split = item["revision"], item["split"]
             if revision != base_revision:
-                raise ConflictError(f"{document_id} was saved by {item[2]} at {(item[3] or '')[:19]} since you "
-                                    f"opened it (revision {revision}, yours {base_revision}); reload to see it")
+                raise ConflictError(f"{document_id} was saved by {item['reviewed_by']} at "
+                                    f"{(item['reviewed_at'] or '')[:19]} since you opened it "
+                                    f"(revision {revision}, yours {base_revision}); reload to see it")
             from_gold = self.labels.exists(document_id)
             before = self.labels.get(document_id) if from_gold else prediction
             gold = to_gold(edited, prediction)
@@ -316,42 +304,39 @@ class ReviewService:
             if not changes:
                 changes = [Change("accept", document_id, None, None,
                                   {"gold_revision": revision} if from_gold else dict(prediction.model_versions))]
-                if from_gold and item[4] == REVIEWED:  # reviewed gold confirmed: only who looked is logged
-                    self._audit(db, document_id, reviewer, changes)
+                if from_gold and item["status"] == REVIEWED:  # reviewed gold confirmed: only who looked is logged
+                    self._audit(document_id, reviewer, changes)
                     if accept:
                         self.release(document_id, reviewer)
                     return SaveResult(document_id, revision, split, changes)
             validate(gold)
             stratum = None
             if split is None and from_gold:  # gold imported before review keeps its split (holdout is frozen)
-                split = db.execute("SELECT split FROM gold_documents WHERE id = ?", [document_id]).fetchone()[0]
+                split = self.records.gold_split(document_id)
             if split is None:
-                split, stratum = self._assign_split(db, gold)
+                split, stratum = self._assign_split(gold)
             self.labels.put(gold, source=REVIEW_SOURCE, split=split)
-            now = self._audit(db, document_id, reviewer, changes)
+            now = self._audit(document_id, reviewer, changes)
             update = {"status": REVIEWED, "reviewed_by": reviewer, "reviewed_at": now,
                       "revision": revision + 1, "split": split}
             if stratum is not None:
                 update["stratum"] = stratum
-            db["review_items"].update(document_id, update)
+            self.records.update_item(document_id, update)
             if accept:
                 self.release(document_id, reviewer)
         return SaveResult(document_id, revision + 1, split, changes)
 
-    @staticmethod
-    def _audit(db: Any, document_id: str, reviewer: str, changes: list[Change]) -> str:
+    def _audit(self, document_id: str, reviewer: str, changes: list[Change]) -> str:
         """One ``review_audit`` row per change, all with one save id; returns their time."""
         save_id, now = uuid.uuid4().hex, utc_now()
-        db["review_audit"].insert_all({
+        self.records.add_audit_rows({
             "save_id": save_id, "document_id": document_id, "reviewer": reviewer, "at": now,
-            "action": c.action, "target": c.target,
-            "before": json.dumps(c.before, ensure_ascii=False) if c.before is not None else None,
-            "after": json.dumps(c.after, ensure_ascii=False) if c.after is not None else None,
-            "model_versions": json.dumps(c.model_versions),
+            "action": c.action, "target": c.target, "before": c.before, "after": c.after,
+            "model_versions": c.model_versions,
         } for c in changes)
         return now
 
-    def _assign_split(self, db: Any, gold: Document) -> tuple[str, str]:
+    def _assign_split(self, gold: Document) -> tuple[str, str]:
         """``train`` or ``holdout`` for a new gold document, stratified by its rarest label.
 
         Within a stratum, a document goes to holdout while the holdout share (rounded) is below
@@ -361,36 +346,21 @@ class ReviewService:
         labels = {s.label for s in gold.segments if s.label}
         stratum = "(unlabelled)"
         if labels:
-            counts = dict(db.execute(
-                "SELECT json_extract(s.value, '$.label'), COUNT(*) FROM gold_documents g, "
-                "json_each(g.document, '$.pages') p, json_each(p.value, '$.segments') s "
-                "WHERE g.source = ? GROUP BY 1", [REVIEW_SOURCE]).fetchall())
+            counts = self.records.gold_label_counts(REVIEW_SOURCE)
             stratum = min(sorted(labels), key=lambda label: counts.get(label, 0))
-        n, holdout = db.execute(
-            "SELECT COUNT(*), COALESCE(SUM(split = 'holdout'), 0) FROM review_items "
-            "WHERE stratum = ? AND split IS NOT NULL", [stratum]).fetchone()
+        n, holdout = self.records.stratum_splits(stratum)
         split = "holdout" if fraction > 0 and math.floor(fraction * (n + 1) + 0.5) > holdout else "train"
         return split, stratum
 
     def audit_log(self, document_id: str | None = None) -> list[dict[str, Any]]:
         """Audit rows, newest first (before/after/model_versions decoded)."""
-        where, args = ("WHERE document_id = ?", [document_id]) if document_id else ("", [])
-        with self.store.transaction() as db:
-            cursor = db.execute(f"SELECT * FROM review_audit {where} ORDER BY id DESC", args)
-            names = [c[0] for c in cursor.description]
-            rows = [dict(zip(names, r)) for r in cursor.fetchall()]
-        for row in rows:
-            for key in ("before", "after", "model_versions"):
-                row[key] = json.loads(row[key]) if row[key] else None
-        return rows
+        return self.records.audit_rows(document_id)
 
     # gold set ------------------------------------------------------------------------------
 
     def gold_rows(self) -> list[tuple[Document, str, str, str]]:
         """(document, split, source, updated_at) of every gold document."""
-        with self.store.transaction() as db:
-            rows = db.execute("SELECT document, split, source, updated_at FROM gold_documents ORDER BY id").fetchall()
-        return [(Document.from_dict(json.loads(r[0])), r[1], r[2], r[3]) for r in rows]
+        return self.records.gold_rows()
 
     def gold_summary(self) -> dict[str, Any]:
         """Gold label counts per task, per split and per label, and what is new since each task's

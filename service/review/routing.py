@@ -9,6 +9,12 @@
 * :func:`document_uncertainty` is the mean segment uncertainty (entropy, margin or least
   confidence of each segment's scores, so long documents are not favoured for their length); the
   review queue is ordered by it.
+
+A :class:`Decision` is the routing record: it is stored with the result (``documents.routing`` and
+the output JSON's ``routing`` key, see :meth:`Decision.to_dict`), and the review queue reads it back
+(:meth:`Decision.from_dict`) instead of deciding again under a configuration that may have changed.
+Each :class:`ReviewReason` names what it is about: the segments, the links (key, value) or the field
+below which threshold.
 """
 
 from __future__ import annotations
@@ -29,16 +35,30 @@ UNCERTAINTY_STRATEGIES = ("entropy", "margin", "least_confidence")
 
 @dataclass(frozen=True)
 class ReviewReason:
-    """One reason a document is sent to review."""
+    """One reason a document is sent to review, and what it is about."""
 
     kind: str  # no_text | rec | ser | re | field | audit | pipeline | manual
     detail: str
     count: int = 0
     lowest: float | None = None
+    threshold: float | None = None
+    field: str | None = None  # the label of a ``field`` reason
+    segments: tuple[str, ...] = ()  # ids of the segments below the threshold
+    links: tuple[tuple[str, str], ...] = ()  # (key, value) of the links below the threshold
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready form."""
-        return {"kind": self.kind, "detail": self.detail, "count": self.count, "lowest": self.lowest}
+        return {"kind": self.kind, "detail": self.detail, "count": self.count, "lowest": self.lowest,
+                "threshold": self.threshold, "field": self.field, "segments": list(self.segments),
+                "links": [list(link) for link in self.links]}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "ReviewReason":
+        """Inverse of :meth:`to_dict` (keys missing from older records take their defaults)."""
+        return cls(kind=str(data["kind"]), detail=str(data.get("detail") or ""), count=int(data.get("count") or 0),
+                   lowest=_optional_float(data.get("lowest")), threshold=_optional_float(data.get("threshold")),
+                   field=data.get("field"), segments=tuple(str(s) for s in data.get("segments") or ()),
+                   links=tuple((str(k), str(v)) for k, v in data.get("links") or ()))
 
 
 @dataclass(frozen=True)
@@ -55,6 +75,22 @@ class Decision:
         """The reasons as one line (stored as the document's ``review_reason``)."""
         return "; ".join(r.detail for r in self.reasons) or None
 
+    def to_dict(self) -> dict[str, Any]:
+        """The routing record, JSON-ready: ``needs_review``, ``audit``, ``uncertainty``, ``reasons``."""
+        return {"needs_review": self.needs_review, "audit": self.audit, "uncertainty": self.uncertainty,
+                "reasons": [r.to_dict() for r in self.reasons]}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "Decision":
+        """Inverse of :meth:`to_dict`."""
+        return cls(needs_review=bool(data["needs_review"]),
+                   reasons=tuple(ReviewReason.from_dict(r) for r in data.get("reasons") or ()),
+                   audit=bool(data.get("audit")), uncertainty=float(data.get("uncertainty") or 0.0))
+
+
+def _optional_float(value: Any) -> float | None:
+    return None if value is None else float(value)
+
 
 def is_audit_sample(document: Document, percent: float) -> bool:
     """Whether a document that passed is drawn for audit: ``percent`` of all content, by hash."""
@@ -70,41 +106,61 @@ def segment_confidence(segment: Segment) -> float | None:
     return min(scores) if scores else None
 
 
-def _low(values: list[tuple[Any, float | None]], threshold: float) -> tuple[int, float | None]:
-    low = [v for _, v in values if v is not None and v < threshold]
-    return len(low), (min(low) if low else None)
+def _low(values: list[tuple[Any, float | None]], threshold: float) -> tuple[list[Any], float | None]:
+    """The items whose value is below ``threshold``, and the lowest such value."""
+    low = [(item, v) for item, v in values if v is not None and v < threshold]
+    return [item for item, _ in low], (min(v for _, v in low) if low else None)
+
+
+def _segment_reason(kind: str, low: list[Segment], lowest: float | None, threshold: float, detail: str,
+                    field: str | None = None) -> ReviewReason:
+    return ReviewReason(kind, detail, len(low), lowest, threshold, field, tuple(s.id for s in low))
+
+
+def _score_reasons(document: Document, cfg: PaperloopConfig) -> list[ReviewReason]:
+    """Reasons from the recognition, label and link scores (rec, ser, re)."""
+    segments, reasons = document.segments, []
+    threshold = cfg.routing.min_rec_score
+    low, lowest = _low([(s, s.rec_score) for s in segments], threshold)
+    if low:
+        reasons.append(_segment_reason(
+            "rec", low, lowest, threshold, f"{len(low)} of {len(segments)} segments read with confidence below "
+                                           f"{threshold:.2f} (lowest {lowest:.2f})"))
+    threshold = cfg.review.min_label_score
+    low, lowest = _low([(s, s.label_score) for s in segments], threshold)
+    if low:
+        reasons.append(_segment_reason(
+            "ser", low, lowest, threshold,
+            f"{len(low)} segment labels with probability below {threshold:.2f} (lowest {lowest:.2f})"))
+    threshold = cfg.review.min_link_score
+    links, lowest = _low([(link, link.score) for link in document.links], threshold)
+    if links:
+        reasons.append(ReviewReason(
+            "re", f"{len(links)} of {len(document.links)} links with probability below {threshold:.2f} "
+                  f"(lowest {lowest:.2f})", len(links), lowest, threshold,
+            links=tuple((link.key, link.value) for link in links)))
+    return reasons
+
+
+def _field_reasons(document: Document, cfg: PaperloopConfig) -> list[ReviewReason]:
+    """Reasons from the per-field thresholds (``review.field_thresholds``)."""
+    reasons = []
+    for label, threshold in sorted(cfg.review.field_thresholds.items()):
+        low, lowest = _low([(s, segment_confidence(s)) for s in document.segments if s.label == label], threshold)
+        if low:
+            reasons.append(_segment_reason(
+                "field", low, lowest, threshold,
+                f"field {label!r}: {len(low)} below {threshold:.2f} (lowest {lowest:.2f})", field=label))
+    return reasons
 
 
 def decide(document: Document, cfg: PaperloopConfig) -> Decision:
     """Route a processed document: review (with the reasons) or done; see the module docstring."""
     review = cfg.review
-    segments = document.segments
     reasons: list[ReviewReason] = []
-    if not segments:
+    if not document.segments:
         reasons.append(ReviewReason("no_text", "no text was found"))
-    threshold = cfg.routing.min_rec_score
-    count, lowest = _low([(s, s.rec_score) for s in segments], threshold)
-    if count:
-        reasons.append(ReviewReason(
-            "rec", f"{count} of {len(segments)} segments read with confidence below {threshold:.2f} "
-                   f"(lowest {lowest:.2f})", count, lowest))
-    threshold = review.min_label_score
-    count, lowest = _low([(s, s.label_score) for s in segments], threshold)
-    if count:
-        reasons.append(ReviewReason(
-            "ser", f"{count} segment labels with probability below {threshold:.2f} (lowest {lowest:.2f})",
-            count, lowest))
-    threshold = review.min_link_score
-    count, lowest = _low([(link, link.score) for link in document.links], threshold)
-    if count:
-        reasons.append(ReviewReason(
-            "re", f"{count} of {len(document.links)} links with probability below {threshold:.2f} "
-                  f"(lowest {lowest:.2f})", count, lowest))
-    for label, threshold in sorted(review.field_thresholds.items()):
-        count, lowest = _low([(s, segment_confidence(s)) for s in segments if s.label == label], threshold)
-        if count:
-            reasons.append(ReviewReason(
-                "field", f"field {label!r}: {count} below {threshold:.2f} (lowest {lowest:.2f})", count, lowest))
+    reasons += _score_reasons(document, cfg) + _field_reasons(document, cfg)
     audit = not reasons and is_audit_sample(document, review.audit_percent)
     if audit:
         reasons.append(ReviewReason("audit", f"audit sample ({review.audit_percent:g}% of documents that passed)"))
