@@ -78,9 +78,9 @@ BAD_INPUTS = {
 
 
 @pytest.mark.parametrize("case", list(BAD_INPUTS))
-def test_probe_names_the_reason(case: str, tmp_path: Path, funsd_pages: list[Path], cfg: PaperloopConfig) -> None:
+def test_probe_names_the_reason(case: str, tmp_path: Path, pages: list[Path], cfg: PaperloopConfig) -> None:
     make, reason = BAD_INPUTS[case]
-    path = make(tmp_path, funsd_pages)
+    path = make(tmp_path, pages)
     with pytest.raises(IngestError) as caught:
         # probe catches most cases; a damaged image is only found when its pixels are decoded
         info = probe(path, cfg.ingest)
@@ -90,11 +90,11 @@ def test_probe_names_the_reason(case: str, tmp_path: Path, funsd_pages: list[Pat
 
 
 def test_every_bad_file_is_quarantined_and_good_ones_still_processed(
-    cfg: PaperloopConfig, funsd_pages: list[Path], ocr_engine
+    cfg: PaperloopConfig, pages: list[Path], ocr_engine
 ) -> None:
     inbox = cfg.paths.resolve("inbox")
-    bad = {make(inbox, funsd_pages).name: reason for make, reason in BAD_INPUTS.values()}
-    good = write_pdf(inbox / "good.pdf", funsd_pages[:2])
+    bad = {make(inbox, pages).name: reason for make, reason in BAD_INPUTS.values()}
+    good = write_pdf(inbox / "good.pdf", pages[:2])
     store = Store(cfg.paths.database)
     runner = JobRunner(cfg, store, DocumentPipeline(cfg, ocr_engine))
     for path in sorted(inbox.iterdir()):
@@ -117,15 +117,15 @@ def test_every_bad_file_is_quarantined_and_good_ones_still_processed(
 
 
 def test_file_deleted_before_processing_fails_cleanly(
-    cfg: PaperloopConfig, funsd_pages: list[Path], ocr_engine
+    cfg: PaperloopConfig, pages: list[Path], ocr_engine
 ) -> None:
     inbox = cfg.paths.resolve("inbox")
     store = Store(cfg.paths.database)
     runner = JobRunner(cfg, store, DocumentPipeline(cfg, ocr_engine))
     doomed = inbox / "doomed.png"
-    doomed.write_bytes(funsd_pages[0].read_bytes())
+    doomed.write_bytes(pages[0].read_bytes())
     survivor = inbox / "survivor.png"
-    survivor.write_bytes(funsd_pages[1].read_bytes())
+    survivor.write_bytes(pages[1].read_bytes())
     job = runner.enqueue(doomed)
     runner.enqueue(survivor)
     doomed.unlink()
@@ -139,16 +139,16 @@ def test_file_deleted_before_processing_fails_cleanly(
     assert second is not None and second.job.state in (DONE, NEEDS_REVIEW)
 
 
-def test_file_too_large_is_rejected_before_reading(cfg: PaperloopConfig, funsd_page_path: Path) -> None:
+def test_file_too_large_is_rejected_before_reading(cfg: PaperloopConfig, page_path: Path) -> None:
     cfg.ingest.max_file_bytes = 1000
     with pytest.raises(IngestError) as caught:
-        probe(funsd_page_path, cfg.ingest)
+        probe(page_path, cfg.ingest)
     assert caught.value.reason == Reason.FILE_TOO_LARGE
 
 
-def test_too_many_pages_is_rejected(cfg: PaperloopConfig, tmp_path: Path, funsd_pages: list[Path]) -> None:
+def test_too_many_pages_is_rejected(cfg: PaperloopConfig, tmp_path: Path, pages: list[Path]) -> None:
     cfg.ingest.max_pages = 2
-    path = write_pdf(tmp_path / "long.pdf", funsd_pages)
+    path = write_pdf(tmp_path / "long.pdf", pages)
     with pytest.raises(IngestError) as caught:
         probe(path, cfg.ingest)
     assert caught.value.reason == Reason.TOO_MANY_PAGES

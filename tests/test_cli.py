@@ -30,19 +30,19 @@ def _invoke(cfg: PaperloopConfig, *args: str):
     return CliRunner().invoke(cli, ["--config", str(config), *args], catch_exceptions=False)
 
 
-def test_process_prints_results_and_fails_on_bad_input(cfg: PaperloopConfig, funsd_page_path: Path,
+def test_process_prints_results_and_fails_on_bad_input(cfg: PaperloopConfig, page_path: Path,
                                                        tmp_path: Path) -> None:
     bad = tmp_path / "broken.pdf"
     bad.write_bytes(b"%PDF-1.7 nothing else")
-    result = _invoke(cfg, "process", str(funsd_page_path), str(bad))
+    result = _invoke(cfg, "process", str(page_path), str(bad))
     assert result.exit_code == 1
     lines = result.output.strip().splitlines()
     json_path = Path(lines[0].split()[-1])
     assert json.loads(json_path.read_text())["pages"][0]["segments"]
     assert "failed (pdf_damaged)" in lines[1]
-    assert funsd_page_path.is_file() and bad.is_file(), "process leaves the caller's files in place"
+    assert page_path.is_file() and bad.is_file(), "process leaves the caller's files in place"
 
-    again = _invoke(cfg, "process", str(funsd_page_path))
+    again = _invoke(cfg, "process", str(page_path))
     assert again.exit_code == 0 and "duplicate of job 1" in again.output
 
 
@@ -74,6 +74,7 @@ def test_models_promote_switches_and_rejects_unknown_versions(cfg: PaperloopConf
     assert result.exit_code == 1 and "no version 'v9'" in result.output
 
 
+@pytest.mark.slow
 def test_train_and_eval_commands_on_gold_labels(own_registry: PaperloopConfig) -> None:
     cfg = own_registry
     from service.formats import read_funsd
@@ -149,6 +150,7 @@ def _tiny(cfg: PaperloopConfig) -> None:
     t.dim, t.layers, t.heads, t.embed_dim, t.line_augmentation = 32, 1, 2, 16, False
 
 
+@pytest.mark.slow
 def test_training_without_signal_is_refused_before_it_starts(own_registry: PaperloopConfig) -> None:
     cfg = own_registry
     labels = _gold(cfg, train=3)
@@ -170,6 +172,7 @@ def test_training_without_signal_is_refused_before_it_starts(own_registry: Paper
     assert registry.versions("ser") == [] and registry.versions("re") == []
 
 
+@pytest.mark.slow
 def test_a_first_version_enters_service_only_after_its_evaluation(own_registry: PaperloopConfig,
                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
     cfg = own_registry
@@ -199,6 +202,7 @@ def test_a_first_version_enters_service_only_after_its_evaluation(own_registry: 
     assert record["to"] == version and record["actor"] == "paperloop train ser" and "holdout" in record["reason"]
 
 
+@pytest.mark.slow
 def test_holdout_documents_cannot_be_reimported_into_another_split(cfg: PaperloopConfig, tmp_path: Path) -> None:
     def funsd_folder(name: str, count: int) -> Path:
         folder = tmp_path / name
@@ -220,6 +224,7 @@ def test_holdout_documents_cannot_be_reimported_into_another_split(cfg: Paperloo
 NOISE = ("No ccache found", "not support input out tensor", "UserWarning")
 
 
+@pytest.mark.slow
 def test_paddle_noise_stays_out_of_our_output(own_registry: PaperloopConfig) -> None:
     cfg = own_registry
     _tiny(cfg)

@@ -77,20 +77,20 @@ def test_hidden_and_temporary_files_are_ignored(tmp_path: Path) -> None:
 
 
 def test_dropped_files_are_processed_once_and_duplicates_recorded(
-    cfg: PaperloopConfig, running_daemon: Callable[[], Daemon], funsd_pages: list[Path]
+    cfg: PaperloopConfig, running_daemon: Callable[[], Daemon], pages: list[Path]
 ) -> None:
     inbox = cfg.paths.resolve("inbox")
     already_there = inbox / "before-start.png"
-    shutil.copy(funsd_pages[0], already_there)  # found by the start-up scan
+    shutil.copy(pages[0], already_there)  # found by the start-up scan
     daemon = running_daemon()
     (inbox / "team-a").mkdir()
-    shutil.copy(funsd_pages[1], inbox / "team-a" / "nested.png")  # recursive watch
-    shutil.copy(funsd_pages[2], inbox / ".hidden.png")
-    shutil.copy(funsd_pages[2], inbox / "download.png.part")
+    shutil.copy(pages[1], inbox / "team-a" / "nested.png")  # recursive watch
+    shutil.copy(pages[2], inbox / ".hidden.png")
+    shutil.copy(pages[2], inbox / "download.png.part")
     store = daemon.store
     wait_for(lambda: _finished(store, "before-start.png") and _finished(store, "nested.png"))
 
-    shutil.copy(funsd_pages[0], inbox / "same-content-new-name.png")
+    shutil.copy(pages[0], inbox / "same-content-new-name.png")
     wait_for(lambda: _states(store).get("same-content-new-name.png") == DUPLICATE)
     duplicate = next(j for j in store.jobs() if j.state == DUPLICATE)
     original = next(j for j in store.jobs() if j.source_name == "before-start.png")
@@ -99,16 +99,16 @@ def test_dropped_files_are_processed_once_and_duplicates_recorded(
 
     assert sorted(p.name for p in inbox.iterdir()) == [".hidden.png", "download.png.part", "team-a"]
     archive = cfg.paths.resolve("archive")
-    assert (archive / f"{original.id}-before-start.png").read_bytes() == funsd_pages[0].read_bytes()
+    assert (archive / f"{original.id}-before-start.png").read_bytes() == pages[0].read_bytes()
     assert store.db["documents"].count == 2
 
 
 def test_a_file_is_not_taken_while_it_is_still_being_written(
-    cfg: PaperloopConfig, running_daemon: Callable[[], Daemon], funsd_pages: list[Path]
+    cfg: PaperloopConfig, running_daemon: Callable[[], Daemon], pages: list[Path]
 ) -> None:
     cfg.watcher.quiet_seconds = 1.0
     daemon = running_daemon()
-    content = funsd_pages[0].read_bytes()
+    content = pages[0].read_bytes()
     target = cfg.paths.resolve("inbox") / "slow-scanner.png"
     with open(target, "wb") as handle:
         for start in range(0, len(content), len(content) // 8):
@@ -122,11 +122,11 @@ def test_a_file_is_not_taken_while_it_is_still_being_written(
 
 
 def test_polling_mode_rescan_finds_files_without_events(
-    cfg: PaperloopConfig, running_daemon: Callable[[], Daemon], funsd_pages: list[Path]
+    cfg: PaperloopConfig, running_daemon: Callable[[], Daemon], pages: list[Path]
 ) -> None:
     cfg.watcher.mode = "polling"
     cfg.watcher.rescan_interval_seconds = 0.5
     daemon = running_daemon()
     time.sleep(0.3)  # after the start-up scan
-    shutil.copy(funsd_pages[1], cfg.paths.resolve("inbox") / "late.png")
+    shutil.copy(pages[1], cfg.paths.resolve("inbox") / "late.png")
     wait_for(lambda: _finished(daemon.store, "late.png"))

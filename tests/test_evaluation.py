@@ -236,6 +236,7 @@ def _funsd_page(stem: str) -> Path:
     return next(ann for _, ann in pairs if ann.stem == stem)
 
 
+@pytest.mark.slow
 def test_real_funsd_page_lines() -> None:
     annotation = _funsd_page("82092117")
     lines = load_gt_lines(annotation)

@@ -40,12 +40,14 @@ def _dicts(documents: list[Document]) -> list[dict[str, Any]]:
 
 # -- FUNSD ---------------------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_funsd_round_trip_gives_every_test_file_back_exactly() -> None:
     differing = [a.name for a, _ in _pairs()
                  if funsd_dict(read_funsd(a)) != json.loads(a.read_text(encoding="utf-8"))]
     assert differing == []
 
 
+@pytest.mark.slow
 def test_read_funsd_fills_the_document(funsd_docs: list[Document]) -> None:
     doc = next(d for d in funsd_docs if d.id == "funsd-82092117")
     image = TEST_SPLIT / "images/82092117.png"
@@ -80,6 +82,7 @@ def test_link_order_follows_each_entity_list_and_keeps_self_and_repeated_links(t
 
 # -- XFUND and PPOCRLabel ------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_xfund_round_trip_is_identity(funsd_docs: list[Document], tmp_path: Path) -> None:
     data = xfund_dict(funsd_docs, lang="en", split="val")
     assert (data["lang"], data["split"], len(data["documents"])) == ("en", "val", 50)
@@ -89,6 +92,7 @@ def test_xfund_round_trip_is_identity(funsd_docs: list[Document], tmp_path: Path
     assert _dicts(read_xfund(path)) == _dicts(funsd_docs)
 
 
+@pytest.mark.slow
 def test_ppocr_round_trip_is_identity_and_links_images(funsd_docs: list[Document], tmp_path: Path) -> None:
     label_txt = tmp_path / "test" / "Label.txt"
     write_ppocr_kie(funsd_docs, label_txt)
@@ -178,7 +182,8 @@ def test_malformed_xfund_and_missing_image_raise_format_error(tmp_path: Path) ->
     path.write_text(json.dumps({"lang": "en", "documents": [{"id": "en_train_0"}]}))
     with pytest.raises(FormatError, match="needs 'id' and 'document'"):
         read_xfund(path)
-    annotation = _pairs()[0][0]
+    annotation = tmp_path / "form.json"
+    annotation.write_text(json.dumps({"form": [GOOD]}))
     with pytest.raises(FormatError, match="no image at"):
         read_funsd(annotation, tmp_path / "missing.png")
 
@@ -205,6 +210,7 @@ def _stored(database: Path, split: str = "test") -> list[dict[str, Any]]:
         store.close()
 
 
+@pytest.mark.slow
 def test_cli_import_is_idempotent_and_export_round_trips(tmp_path: Path) -> None:
     database, invoke = _runner(tmp_path / "a")
     result = invoke("import", "funsd", str(TEST_SPLIT))

@@ -34,10 +34,10 @@ def _runner(cfg: PaperloopConfig, ocr_engine: OcrEngine | None = None) -> JobRun
 # -- links --------------------------------------------------------------------------------------
 
 def test_a_link_in_the_inbox_is_quarantined_itself_and_its_target_never_moved(
-    cfg: PaperloopConfig, tmp_path: Path, funsd_page_path: Path
+    cfg: PaperloopConfig, tmp_path: Path, page_path: Path
 ) -> None:
     secret = tmp_path / "etc-passwd"
-    secret.write_bytes(funsd_page_path.read_bytes())
+    secret.write_bytes(page_path.read_bytes())
     link = cfg.paths.resolve("inbox") / "a.png"
     link.symlink_to(secret)
     runner = _runner(cfg)
@@ -45,7 +45,7 @@ def test_a_link_in_the_inbox_is_quarantined_itself_and_its_target_never_moved(
     job = runner.enqueue(link)
 
     assert (job.state, job.reason_code) == (FAILED, Reason.SYMLINK.value)
-    assert secret.read_bytes() == funsd_page_path.read_bytes(), "the link's target was touched"
+    assert secret.read_bytes() == page_path.read_bytes(), "the link's target was touched"
     kept = Path(job.final_path)
     assert kept.is_symlink() and kept.parent == cfg.paths.resolve("quarantine")
     assert not os.path.lexists(link)
@@ -53,23 +53,23 @@ def test_a_link_in_the_inbox_is_quarantined_itself_and_its_target_never_moved(
 
 
 def test_a_file_swapped_for_a_link_after_it_was_queued_is_caught(
-    cfg: PaperloopConfig, tmp_path: Path, funsd_pages: list[Path], ocr_engine: OcrEngine
+    cfg: PaperloopConfig, tmp_path: Path, pages: list[Path], ocr_engine: OcrEngine
 ) -> None:
     inbox = cfg.paths.resolve("inbox")
     page = inbox / "scan.png"
-    shutil.copy(funsd_pages[0], page)
+    shutil.copy(pages[0], page)
     runner = _runner(cfg, ocr_engine)
     job = runner.enqueue(page)
     assert job.state == QUEUED
     outside = tmp_path / "private.png"
-    shutil.copy(funsd_pages[1], outside)
+    shutil.copy(pages[1], outside)
     page.unlink()
     page.symlink_to(outside)  # swapped between the quiet period and the take
 
     outcome = runner.process_next()
 
     assert (outcome.job.state, outcome.job.reason_code) == (FAILED, Reason.SYMLINK.value)
-    assert outside.read_bytes() == funsd_pages[1].read_bytes() and not outside.is_symlink()
+    assert outside.read_bytes() == pages[1].read_bytes() and not outside.is_symlink()
     assert Path(outcome.job.final_path).is_symlink()
     assert runner.store.db["documents"].count == 0, "the link's target was read as a document"
 
@@ -88,12 +88,12 @@ def test_the_scan_never_descends_into_a_linked_folder(tmp_path: Path) -> None:
 
 
 def test_a_file_behind_a_linked_folder_is_never_read_or_moved(
-    cfg: PaperloopConfig, tmp_path: Path, funsd_page_path: Path
+    cfg: PaperloopConfig, tmp_path: Path, page_path: Path
 ) -> None:
     outside = tmp_path / "outside"
     outside.mkdir()
     private = outside / "private.png"
-    shutil.copy(funsd_page_path, private)
+    shutil.copy(page_path, private)
     inbox = cfg.paths.resolve("inbox")
     (inbox / "linked").symlink_to(outside, target_is_directory=True)
     store = Store(cfg.paths.database)
@@ -104,7 +104,7 @@ def test_a_file_behind_a_linked_folder_is_never_read_or_moved(
 
     assert len(daemon.tracker) == 0
     assert (job.state, job.reason_code, job.sha256) == (FAILED, Reason.SYMLINK.value, "")
-    assert private.read_bytes() == funsd_page_path.read_bytes()
+    assert private.read_bytes() == page_path.read_bytes()
     assert not any(cfg.paths.resolve("quarantine").glob("*.png"))
 
 
@@ -144,10 +144,10 @@ def test_a_255_byte_name_is_processed_once_and_serve_restarts(
     JobRunner(cfg, Store(cfg.paths.database)).recover()  # the next start
 
 
-def test_recovery_goes_on_past_a_bad_row(cfg: PaperloopConfig, funsd_page_path: Path) -> None:
+def test_recovery_goes_on_past_a_bad_row(cfg: PaperloopConfig, page_path: Path) -> None:
     runner = _runner(cfg)
-    bad = runner.enqueue(_copy_into_inbox(cfg, funsd_page_path, "bad.png"))
-    good = runner.enqueue(_copy_into_inbox(cfg, funsd_page_path, "good.png", extra=b"\0"))
+    bad = runner.enqueue(_copy_into_inbox(cfg, page_path, "bad.png"))
+    good = runner.enqueue(_copy_into_inbox(cfg, page_path, "good.png", extra=b"\0"))
     for job in (bad, good):
         runner.store.claim(job.id, runner._work_path)
         runner._take(runner.store.job(job.id), keep_source=False)
@@ -170,9 +170,9 @@ def _copy_into_inbox(cfg: PaperloopConfig, source: Path, name: str, extra: bytes
 
 # -- poison files -------------------------------------------------------------------------------
 
-def test_a_file_that_keeps_killing_the_worker_is_quarantined(cfg: PaperloopConfig, funsd_page_path: Path) -> None:
+def test_a_file_that_keeps_killing_the_worker_is_quarantined(cfg: PaperloopConfig, page_path: Path) -> None:
     runner = _runner(cfg)
-    job = runner.enqueue(_copy_into_inbox(cfg, funsd_page_path, "poison.png"))
+    job = runner.enqueue(_copy_into_inbox(cfg, page_path, "poison.png"))
     for attempt in range(cfg.ingest.max_attempts):
         claimed = runner.store.claim_next(runner._work_path)  # the worker takes it ...
         runner._take(claimed, keep_source=False)
@@ -184,7 +184,7 @@ def test_a_file_that_keeps_killing_the_worker_is_quarantined(cfg: PaperloopConfi
 
     failed = runner.store.job(job.id)
     assert failed.reason_code == Reason.CRASHED_WORKER.value
-    assert Path(failed.final_path).read_bytes() == funsd_page_path.read_bytes()
+    assert Path(failed.final_path).read_bytes() == page_path.read_bytes()
     assert Path(failed.final_path + ".reason.txt").read_text().startswith("crashed_worker\n")
     assert runner.store.claim_next(runner._work_path) is None, "it would be tried again"
 
@@ -192,7 +192,7 @@ def test_a_file_that_keeps_killing_the_worker_is_quarantined(cfg: PaperloopConfi
 # -- the finish phase ---------------------------------------------------------------------------
 
 def test_a_failure_after_ocr_quarantines_the_file_and_the_daemon_goes_on(
-    cfg: PaperloopConfig, funsd_pages: list[Path], ocr_engine: OcrEngine
+    cfg: PaperloopConfig, pages: list[Path], ocr_engine: OcrEngine
 ) -> None:
     inbox, output = cfg.paths.resolve("inbox"), cfg.paths.resolve("output")
     store = Store(cfg.paths.database)
@@ -204,20 +204,20 @@ def test_a_failure_after_ocr_quarantines_the_file_and_the_daemon_goes_on(
         return next((j.state for j in store.jobs() if j.source_name == name), None)
 
     try:
-        shutil.copy(funsd_pages[0], inbox / "before.png")
+        shutil.copy(pages[0], inbox / "before.png")
         wait_for(lambda: state_of("before.png") in (DONE, NEEDS_REVIEW), timeout=120, what="first processed")
         shutil.rmtree(output)
         output.write_text("not a folder")  # the JSON cannot be written
-        shutil.copy(funsd_pages[1], inbox / "during.png")
+        shutil.copy(pages[1], inbox / "during.png")
         wait_for(lambda: state_of("during.png") == FAILED, timeout=120, what="second quarantined")
         failed = next(j for j in store.jobs() if j.source_name == "during.png")
         assert failed.reason_code == Reason.PROCESSING_ERROR.value and "output" in failed.reason
-        assert Path(failed.final_path).read_bytes() == funsd_pages[1].read_bytes()
+        assert Path(failed.final_path).read_bytes() == pages[1].read_bytes()
         assert not any((cfg.paths.resolve("data") / "work").iterdir())
 
         output.unlink()
         output.mkdir()
-        shutil.copy(funsd_pages[2], inbox / "after.png")
+        shutil.copy(pages[2], inbox / "after.png")
         wait_for(lambda: state_of("after.png") in (DONE, NEEDS_REVIEW), timeout=120, what="third processed")
     finally:
         daemon.stop_event.set()
@@ -272,9 +272,9 @@ MODE_VARIANTS = {
 
 @pytest.mark.parametrize("variant", list(MODE_VARIANTS))
 def test_every_image_mode_reads_like_its_8_bit_copy(
-    variant: str, tmp_path: Path, funsd_page_path: Path, cfg: PaperloopConfig
+    variant: str, tmp_path: Path, page_path: Path, cfg: PaperloopConfig
 ) -> None:
-    grey = _grey(funsd_page_path)
+    grey = _grey(page_path)
     path = MODE_VARIANTS[variant](grey, tmp_path)
     [page] = list(iter_pages(path, probe(path, cfg.ingest), cfg.ingest))
     rgb = np.asarray(page).astype(np.float64)

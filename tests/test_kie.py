@@ -65,6 +65,7 @@ def test_temperature_cools_overconfident_logits() -> None:
     assert T.ser_temperature([logits], [example]) == pytest.approx(1.0, rel=0.35)
 
 
+@pytest.mark.slow
 def test_line_split_keeps_labels_and_links_on_first_lines() -> None:
     document = _funsd("testing", 1)[0]
     lines = split_into_lines(document)
@@ -171,6 +172,7 @@ def test_pipeline_output_has_labels_and_key_values(quick_models: dict, tmp_path:
     assert stored.segments[0].ser_version == quick_models["versions"]["ser"]
 
 
+@pytest.mark.slow
 def test_training_is_reproducible_with_a_seed() -> None:
     forms = _funsd("training", 4)
     settings = T.TrainSettings(epochs=1, dim=32, layers=1, heads=2, embed_dim=16, seed=3)

@@ -19,6 +19,7 @@ def _form(index: int):
     return read_funsd(annotation, image)
 
 
+@pytest.mark.slow
 def test_holdout_membership_is_permanent(tmp_path: Path) -> None:
     labels = LabelStore(Store(tmp_path / "paperloop.db"))
     held, trained = _form(0), _form(1)

@@ -1,6 +1,6 @@
 """LayoutXLM SER/RE wrappers on a tiny randomly initialised checkpoint and a real FUNSD form.
 
-The checkpoint is built here (a sentencepiece model trained on FUNSD training text, a 2-layer
+The checkpoint is built here (a sentencepiece model trained on the README's text, a 2-layer
 LayoutXLM of hidden size 36), saved with paddlenlp's ``save_pretrained`` and loaded back through our
 classes. Every test runs with outgoing connections refused, and checks that none was attempted.
 """
@@ -17,7 +17,7 @@ import pytest
 from PIL import Image
 
 from service.document import Document, Page, Segment, bbox_to_quad
-from service.funsd import normalize_box, split_pairs
+from service.funsd import normalize_box
 from service.kie.layoutxlm import LayoutXLMLoadError, LayoutXLMRe, LayoutXLMSer, bio_tags, pack_chunks
 from service.kie.paddlenlp_compat import DownloadRefusedError, import_paddlenlp
 
@@ -44,12 +44,10 @@ def no_network(monkeypatch: pytest.MonkeyPatch) -> list[tuple]:
     assert attempts == [], f"tried to reach the network: {attempts}"
 
 
-def _funsd_texts(count: int = 60) -> list[str]:
-    """Entity texts of the first FUNSD training forms (the tokenizer's training corpus)."""
-    texts = []
-    for _, annotation in split_pairs("training")[:count]:
-        texts += [e["text"] for e in json.loads(annotation.read_text())["form"] if e["text"].strip()]
-    return texts
+def _corpus() -> list[str]:
+    """The tokenizer's training corpus: the lines of this project's README (no data set needed)."""
+    text = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+    return [line for line in text.splitlines() if line.strip()]
 
 
 @pytest.fixture(scope="module")
@@ -60,7 +58,7 @@ def checkpoints(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
     transformers = import_paddlenlp()
     root = tmp_path_factory.mktemp("layoutxlm")
-    spm.SentencePieceTrainer.train(sentence_iterator=iter(_funsd_texts()), model_prefix=str(root / "sp"),
+    spm.SentencePieceTrainer.train(sentence_iterator=iter(_corpus()), model_prefix=str(root / "sp"),
                                    vocab_size=300, model_type="bpe", minloglevel=2)
     tokenizer = transformers.LayoutXLMTokenizer(vocab_file=str(root / "sp.model"))
     heads = {"ser": (transformers.LayoutXLMForTokenClassification, {"num_labels": len(bio_tags(CLASS_LIST))}),
@@ -109,6 +107,7 @@ def test_pack_chunks_keeps_segments_whole() -> None:
     assert all(len(c.input_ids) == len(c.boxes) <= 8 for c in chunks)
 
 
+@pytest.mark.slow
 def test_ser_labels_every_segment(checkpoints: dict[str, Path], funsd_document: Document) -> None:
     ser = LayoutXLMSer.from_pretrained(checkpoints["ser"], CLASS_LIST)
     assert set(ser.labels) == PLAIN_LABELS
@@ -120,6 +119,7 @@ def test_ser_labels_every_segment(checkpoints: dict[str, Path], funsd_document: 
         assert 0.0 < segment.label_score <= 1.0, segment
 
 
+@pytest.mark.slow
 def test_re_links_questions_to_answers(checkpoints: dict[str, Path], funsd_document: Document,
                                        funsd_gold: dict[str, str]) -> None:
     for segment in funsd_document.segments:
@@ -137,6 +137,7 @@ def test_re_links_questions_to_answers(checkpoints: dict[str, Path], funsd_docum
     assert all(link.score >= 0.5 for link in kept) and len(kept) <= len(links)
 
 
+@pytest.mark.slow
 def test_ser_then_re(checkpoints: dict[str, Path], funsd_document: Document) -> None:
     document = LayoutXLMSer.from_pretrained(checkpoints["ser"], CLASS_LIST).predict(funsd_document)
     re_model = LayoutXLMRe.from_pretrained(checkpoints["re"], CLASS_LIST)
@@ -146,6 +147,7 @@ def test_ser_then_re(checkpoints: dict[str, Path], funsd_document: Document) -> 
         assert (by_id[link.key].label, by_id[link.value].label) == ("question", "answer")
 
 
+@pytest.mark.slow
 def test_re_needs_labels(checkpoints: dict[str, Path], funsd_document: Document) -> None:
     with pytest.raises(ValueError, match="run SER before RE"):
         LayoutXLMRe.from_pretrained(checkpoints["re"], CLASS_LIST).predict(funsd_document)
@@ -192,6 +194,7 @@ def test_compat_refuses_downloads_and_keeps_paddleocr_importable() -> None:
     from paddleocr import TextDetection  # noqa: F401 - paddleocr must still import beside paddlenlp
 
 
+@pytest.mark.slow
 def test_pipeline_uses_layoutxlm_from_config(checkpoints: dict[str, Path], cfg, ocr_engine,
                                              funsd_page_path: Path) -> None:
     from service.pipeline import DocumentPipeline

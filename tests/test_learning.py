@@ -290,6 +290,7 @@ def tiny_cfg(loop_cfg: PaperloopConfig) -> PaperloopConfig:
     return loop_cfg
 
 
+@pytest.mark.slow
 def test_a_first_version_whose_evaluation_fails_stays_out_of_service(tiny_cfg: PaperloopConfig,
                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
     import paddle.inference
@@ -320,6 +321,7 @@ def test_a_first_version_whose_evaluation_fails_stays_out_of_service(tiny_cfg: P
     assert "no version in service" in record["reason"]
 
 
+@pytest.mark.slow
 def test_a_task_without_training_signal_is_skipped_with_the_reason(tiny_cfg: PaperloopConfig) -> None:
     cfg = tiny_cfg
     cfg.learning.tasks = ["ser", "re"]

@@ -24,6 +24,7 @@ def _annotation(image: Path) -> Path:
     return FUNSD_ROOT / "dataset/testing_data/annotations" / f"{image.stem}.json"
 
 
+@pytest.mark.slow
 def test_reads_a_real_form_against_its_ground_truth(ocr_engine: OcrEngine, funsd_page_path: Path) -> None:
     lines = ocr_engine.read_page(cv2.imread(str(funsd_page_path)))
     gt = load_gt_lines(_annotation(funsd_page_path))
@@ -39,8 +40,8 @@ def test_reads_a_real_form_against_its_ground_truth(ocr_engine: OcrEngine, funsd
     assert all(0.0 <= l.rec_score <= 1.0 and 0.0 <= l.det_score <= 1.0 for l in lines)
 
 
-def test_lines_come_in_reading_order(ocr_engine: OcrEngine, funsd_page_path: Path) -> None:
-    lines = ocr_engine.read_page(cv2.imread(str(funsd_page_path)))
+def test_lines_come_in_reading_order(ocr_engine: OcrEngine, page_path: Path) -> None:
+    lines = ocr_engine.read_page(cv2.imread(str(page_path)))
     tops = [float(l.points[:, 1].min()) for l in lines]
     # each line starts no higher than about one line-height above the previous one
     assert all(b >= a - 12 for a, b in zip(tops, tops[1:]))
@@ -48,9 +49,9 @@ def test_lines_come_in_reading_order(ocr_engine: OcrEngine, funsd_page_path: Pat
 
 @pytest.mark.parametrize("kind", ["pdf", "tiff", "jpeg", "png"])
 def test_every_format_gives_pages_with_text(
-    kind: str, cfg: PaperloopConfig, ocr_engine: OcrEngine, funsd_pages: list[Path], tmp_path: Path
+    kind: str, cfg: PaperloopConfig, ocr_engine: OcrEngine, pages: list[Path], tmp_path: Path
 ) -> None:
-    sources = funsd_pages[:2]
+    sources = pages[:2]
     if kind == "pdf":
         path = write_pdf(tmp_path / "form.pdf", sources)
     elif kind == "tiff":
@@ -75,9 +76,9 @@ def test_every_format_gives_pages_with_text(
     assert Document.from_dict(json.loads(json.dumps(document.to_dict()))) == document
 
 
-def test_engine_gives_the_same_result_on_another_thread(ocr_engine: OcrEngine, funsd_page_path: Path) -> None:
+def test_engine_gives_the_same_result_on_another_thread(ocr_engine: OcrEngine, page_path: Path) -> None:
     # oneDNN state is per predictor; a predictor shared across threads once failed mid-document.
-    page = cv2.imread(str(funsd_page_path))
+    page = cv2.imread(str(page_path))
     here = [(l.text, l.rec_score) for l in ocr_engine.read_page(page)]
     there: list = []
     worker = threading.Thread(target=lambda: there.extend((l.text, l.rec_score) for l in ocr_engine.read_page(page)))

@@ -61,11 +61,11 @@ def base_dir(models_dir: Path) -> Path:
 
 
 @pytest.fixture(scope="module")
-def page_batches(ocr_engine: OcrEngine, funsd_page_path: Path) -> list[np.ndarray]:
-    """Detected line crops of a real FUNSD page, pre-processed as inference does: the 8 narrowest,
-    8 from the middle, the 4 widest (1,760 px on this page)."""
-    page = cv2.imread(str(funsd_page_path))
-    crops = [crop_quad(page, box.points) for box in ocr_engine.detect(page)]
+def page_batches(ocr_engine: OcrEngine, pages: list[Path]) -> list[np.ndarray]:
+    """Detected line crops of the synthetic form pages, pre-processed as inference does: the 8
+    narrowest, 8 from the middle, the 4 widest (the long line, over 1,000 px)."""
+    images = [cv2.imread(str(path)) for path in pages]
+    crops = [crop_quad(page, box.points) for page in images for box in ocr_engine.detect(page)]
     crops.sort(key=lambda c: c.shape[1] / c.shape[0])
     assert len(crops) >= 24
     picked = [crops[:8], crops[len(crops) // 2:len(crops) // 2 + 8], crops[-4:]]
