@@ -3,6 +3,10 @@
 The same classes carry model predictions and gold labels: a prediction fills the scores and the
 model versions, a gold label leaves them empty. SER fills ``Segment.label``; RE fills
 ``Document.links`` (key segment → value segment).
+
+``Document.to_dict`` carries ``schema_version`` (:data:`SCHEMA_VERSION`), the version of the output
+JSON's schema documented in the README ("Output JSON"). Adding a field keeps the number; removing,
+renaming or changing the meaning of one raises it, and :meth:`Document.from_dict` refuses a newer one.
 """
 
 from __future__ import annotations
@@ -12,6 +16,27 @@ from typing import Any
 
 Point = tuple[float, float]
 BBox = tuple[float, float, float, float]  # x0, y0, x1, y1
+
+SCHEMA_VERSION = 1  # of the document JSON (README: "Output JSON"); raise it on any incompatible change
+
+
+class SchemaVersionError(ValueError):
+    """A document dict written with a newer schema than this code reads."""
+
+
+def check_schema_version(data: dict[str, Any]) -> int:
+    """The dict's ``schema_version`` (1 when absent: written before versions were recorded).
+
+    Raises :class:`SchemaVersionError` for a version newer than :data:`SCHEMA_VERSION` or one that is
+    not a positive integer.
+    """
+    version = data.get("schema_version", 1)
+    if isinstance(version, bool) or not isinstance(version, int) or version < 1:
+        raise SchemaVersionError(f"schema_version must be a positive integer, not {version!r}")
+    if version > SCHEMA_VERSION:
+        raise SchemaVersionError(f"document {data.get('id', '?')!r} has schema_version {version}, newer than "
+                                 f"{SCHEMA_VERSION}, the newest this Paperloop reads: upgrade Paperloop to read it")
+    return version
 
 
 def bbox_to_quad(box: BBox) -> list[Point]:
@@ -167,8 +192,9 @@ class Document:
         return pairs
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-ready form."""
+        """JSON-ready form, with the :data:`SCHEMA_VERSION` it follows."""
         return {
+            "schema_version": SCHEMA_VERSION,
             "id": self.id, "source_name": self.source_name, "sha256": self.sha256,
             "created_at": self.created_at, "model_versions": dict(self.model_versions),
             "pages": [p.to_dict() for p in self.pages],
@@ -177,7 +203,8 @@ class Document:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "Document":
-        """Inverse of :meth:`to_dict`."""
+        """Inverse of :meth:`to_dict`; refuses a newer ``schema_version`` (:class:`SchemaVersionError`)."""
+        check_schema_version(data)
         return cls(
             id=data["id"], source_name=data["source_name"], sha256=data["sha256"],
             created_at=data["created_at"], model_versions=dict(data.get("model_versions", {})),

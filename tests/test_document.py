@@ -1,6 +1,8 @@
 import json
 
-from service.document import Document, Page, Segment
+import pytest
+
+from service.document import SCHEMA_VERSION, Document, Page, Segment, SchemaVersionError
 
 
 def _document() -> Document:
@@ -24,3 +26,21 @@ def test_segments_are_in_page_order() -> None:
     document.pages[1].segments.append(Segment(id="p2-s0000", box=[(0, 0)] * 4, text="x", det_score=1,
                                               rec_score=1, det_version="base", rec_version="v2"))
     assert [s.id for s in document.segments] == ["p1-s0000", "p2-s0000"]
+
+
+def test_the_dict_carries_the_schema_version_and_older_dicts_still_load() -> None:
+    data = _document().to_dict()
+    assert data["schema_version"] == SCHEMA_VERSION == 1
+    del data["schema_version"]  # written before versions were recorded
+    assert Document.from_dict(data) == _document()
+
+
+@pytest.mark.parametrize("version, message", [
+    (SCHEMA_VERSION + 1, "newer than 1, the newest this Paperloop reads"),
+    ("1", "must be a positive integer"),
+    (0, "must be a positive integer"),
+])
+def test_a_newer_or_malformed_schema_version_is_refused(version: object, message: str) -> None:
+    data = {**_document().to_dict(), "schema_version": version}
+    with pytest.raises(SchemaVersionError, match=message):
+        Document.from_dict(data)
