@@ -53,13 +53,18 @@ def _fill_optional_parts(document: Document) -> Document:
     return document
 
 
+def _process(cfg: PaperloopConfig, ocr_engine: OcrEngine, page: Path) -> dict[str, Any]:
+    """The output JSON of ``page`` processed by the job runner, as a dict."""
+    runner = JobRunner(cfg, Store(cfg.paths.database), DocumentPipeline(cfg, ocr_engine))
+    outcome = runner.process_job(runner.enqueue(page, keep_source=True).id, keep_source=True)
+    assert outcome is not None and outcome.json_path is not None, outcome
+    return json.loads(outcome.json_path.read_text(encoding="utf-8"))
+
+
 @pytest.fixture
 def processed(cfg: PaperloopConfig, ocr_engine: OcrEngine, page_path: Path) -> dict[str, Any]:
-    """The output JSON of a synthetic form processed by the job runner, as a dict."""
-    runner = JobRunner(cfg, Store(cfg.paths.database), DocumentPipeline(cfg, ocr_engine))
-    outcome = runner.process_job(runner.enqueue(page_path, keep_source=True).id, keep_source=True)
-    assert outcome.json_path is not None, outcome.job
-    return json.loads(outcome.json_path.read_text(encoding="utf-8"))
+    """The output JSON of a synthetic form, as a dict."""
+    return _process(cfg, ocr_engine, page_path)
 
 
 def test_the_output_json_carries_the_schema_version(processed: dict[str, Any]) -> None:
@@ -67,10 +72,15 @@ def test_the_output_json_carries_the_schema_version(processed: dict[str, Any]) -
     assert len(processed["pages"][0]["segments"]) >= 5  # the page was read
 
 
-def test_every_key_of_the_output_json_is_documented_in_the_readme(processed: dict[str, Any]) -> None:
+def test_every_key_of_the_output_json_is_documented_in_the_readme(processed: dict[str, Any], cfg: PaperloopConfig,
+                                                                   ocr_engine: OcrEngine, pages: list[Path]) -> None:
+    cfg.routing.min_rec_score = 1.0  # every line is below it: a document sent to review, with its reasons
+    for_review = _process(cfg, ocr_engine, pages[1])
+    assert for_review["state"] == "needs_review"
     document = _fill_optional_parts(Document.from_dict(processed))
     full = {**processed, **document.to_dict(), "key_values": document.key_values()}
-    keys = key_paths(processed) | key_paths(full)
-    assert {"pages[].segments[].words[].text", "links[].re_version", "key_values[].key_label"} <= keys
+    keys = key_paths(processed) | key_paths(full) | key_paths(for_review)
+    assert {"pages[].segments[].words[].text", "links[].re_version", "key_values[].key_label",
+            "routing.reasons[].threshold"} <= keys
     missing = keys - documented_fields()
     assert not missing, f"README 'Output JSON' does not document: {sorted(missing)}"
