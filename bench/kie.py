@@ -36,10 +36,10 @@ from service.config import KieConfig, PaperloopConfig  # noqa: E402
 from service.document import Document  # noqa: E402
 from service.formats import read_funsd  # noqa: E402
 from service.funsd import split_pairs  # noqa: E402
-from service.kie import train as T  # noqa: E402
+from service.kie import fit  # noqa: E402
 from service.kie.evaluation import evaluate_end_to_end, evaluate_gold, unlabelled_copy  # noqa: E402
 from service.kie.inference import KieModels  # noqa: E402
-from service.kie.trainer import (  # noqa: E402
+from service.kie.candidates import (  # noqa: E402
     register, ser_label_source, settings_from_config, split_validation, train_re, train_ser)
 from service.pipeline import DocumentPipeline  # noqa: E402
 from service.registry import ModelRegistry  # noqa: E402
@@ -60,8 +60,8 @@ def load(split: str) -> tuple[list[Document], list[Path]]:
 
 def gold_label_re(trained_re: Any, documents: list[Document], labels: list[str]) -> dict[str, Any]:
     """RE with the gold labels as its label input (how published RE figures are measured)."""
-    examples = [T.make_example(d, labels) for d in documents]
-    scores = T.re_evaluate(T.re_logits(trained_re.model, examples), examples, trained_re.threshold,
+    examples = [fit.make_example(d, labels) for d in documents]
+    scores = fit.re_evaluate(fit.re_logits(trained_re.model, examples), examples, trained_re.threshold,
                            trained_re.temperature)
     return scores.as_dict()
 
@@ -119,7 +119,7 @@ def run(epochs: int | None) -> dict[str, Any]:
     return {
         "date": utc_date(), "machine": machine_info(), "versions": versions(),
         "data": {"train_forms": len(train), "validation_forms": len(val), "test_forms": len(test_docs)},
-        "settings": T.settings_dict(settings), "labels": labels, "trained_versions": versions_trained,
+        "settings": fit.settings_dict(settings), "labels": labels, "trained_versions": versions_trained,
         "parameters": {"ser": ser.metrics["parameters"], "re": re.metrics["parameters"]},
         "train_seconds": {"ser": ser.metrics["train_seconds"], "re": re.metrics["train_seconds"]},
         "best_epoch": {"ser": ser.metrics["best_epoch"], "re": re.metrics["best_epoch"]},

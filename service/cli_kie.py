@@ -1,8 +1,7 @@
-"""``paperloop train ser|re`` and ``paperloop eval ser|re``: the KIE models on the gold labels."""
+"""``paperloop train`` and ``paperloop eval``: the model tasks (service/tasks/) on the gold labels."""
 
 from __future__ import annotations
 
-import copy
 import json
 from typing import Any
 
@@ -12,26 +11,25 @@ from service.config import PaperloopConfig
 from service.document import Document
 from service.kie.evaluation import evaluate_gold
 from service.kie.inference import KieModels
-from service.kie.trainer import (NoTrainingSignalError, TrainedModel, check_training_signal, register,
-                                  settings_from_config, split_validation, train_re, train_ser)
+from service.kie.candidates import TrainedModel, register
 from service.labels import LabelStore
 from service.registry import ModelRegistry
 from service.store import Store
+from service.tasks import TASK_NAMES, ModelTask, TrainOverrides, UnsupportedOverride, get_task
 
 
-def _train_and_validation(cfg: PaperloopConfig, labels: LabelStore, task: str) -> tuple[list[Document], list[Document]]:
-    """A seeded split of the train split; the holdout split is kept for evaluation and the gate.
+def _training_documents(cfg: PaperloopConfig, labels: LabelStore, task: ModelTask) -> list[Document]:
+    """The train split (the holdout split is kept for evaluation and the gate).
 
     Refuses before any training when the gold labels hold nothing ``task`` could learn.
     """
     train = labels.documents("train")
     if not train:
         raise click.ClickException("no gold documents in the train split; `paperloop import` some first")
-    try:
-        check_training_signal(task, train, cfg.kie.labels, cfg.kie.other_label)
-    except NoTrainingSignalError as exc:
-        raise click.ClickException(str(exc)) from exc
-    return split_validation(train, cfg.kie.training.validation_fraction, cfg.kie.training.seed)
+    missing = task.missing_signal(cfg, train)
+    if missing is not None:
+        raise click.ClickException(missing)
+    return train
 
 
 def _evaluate(cfg: PaperloopConfig, registry: ModelRegistry, task: str, version: str, holdout: list[Document],
@@ -40,14 +38,12 @@ def _evaluate(cfg: PaperloopConfig, registry: ModelRegistry, task: str, version:
 
     Raises a click error when the evaluation cannot be completed: the version then stays out of service.
     """
-    from service.learning import holdout_metrics  # the gate's evaluation; imported here to keep start-up light
-
     split, documents = ("holdout", holdout) if holdout else ("validation", validation)
     if not documents:
         raise click.ClickException(f"{task} {version} was stored but not put in service: no holdout or validation "
                                    f"documents to evaluate it on")
     try:
-        metrics = holdout_metrics(cfg, registry, task, {task: version}, documents)
+        metrics = get_task(task).evaluate(cfg, registry, version, documents)
     except Exception as exc:  # noqa: BLE001 - whatever broke, the version must not enter service
         raise click.ClickException(f"{task} {version} was stored but not put in service: its evaluation on "
                                    f"{split} failed ({type(exc).__name__}: {exc})") from exc
@@ -78,13 +74,14 @@ def _report(trained: TrainedModel, version: str, registry: ModelRegistry, evalua
 
 
 @click.command("train")
-@click.argument("task", type=click.Choice(["det", "rec", "ser", "re"]), required=False)
+@click.argument("task", type=click.Choice(TASK_NAMES), required=False)
 @click.option("--now", is_flag=True, help="Run the scheduled learning job now (train, gate on holdout, promote).")
 @click.option("--force", is_flag=True, help="With --now: train even without enough new gold documents.")
-@click.option("--epochs", type=int, default=None, help="Override kie.training.epochs.")
-@click.option("--seed", type=int, default=None, help="Override kie.training.seed.")
+@click.option("--epochs", type=click.IntRange(min=1), default=None,
+              help="Override the task's configured epochs (kie.training.epochs, learning.rec_epochs).")
+@click.option("--seed", type=int, default=None, help="Override the task's training seed.")
 @click.option("--promote", is_flag=True,
-              help="Put the new version in service (once evaluated) even if one already is.")
+              help="Put the new version in service (once evaluated) even if one already is. Not with --now.")
 @click.pass_obj
 def train(cfg: PaperloopConfig, task: str | None, now: bool, force: bool, epochs: int | None, seed: int | None,
           promote: bool) -> None:
@@ -95,52 +92,81 @@ def train(cfg: PaperloopConfig, task: str | None, now: bool, force: bool, epochs
     cannot teach it anything (SER: no label but the "other" one; RE: no links) is refused.
 
     With --now, run the learning job instead: every task in `learning.tasks` (or only TASK, which
-    may be det or rec too), gated on holdout.
+    may be det or rec too), gated on holdout. --epochs and --seed apply to every task it runs (a
+    task without such a setting is refused); --promote is refused: the job promotes only through
+    its gate (`paperloop models promote` overrides it by hand).
     """
+    overrides = TrainOverrides(epochs=epochs, seed=seed)
     if now:
-        from service.learning import run_learning_job
-
-        for run in run_learning_job(cfg, force, [task] if task else None):
-            click.echo(f"{run.task}: {run.status} — {run.reason}"
-                       + (f" (candidate {run.candidate})" if run.candidate else ""))
+        _run_job_now(cfg, task, force, promote, overrides)
         return
     if task is None:
         raise click.UsageError("name a TASK (ser or re), or use --now")
-    if task in ("det", "rec"):
+    model_task = get_task(task)
+    if not model_task.trained_by_command:
         raise click.UsageError(f"{task} is fine-tuned by the learning job: paperloop train --now {task}")
     store = Store(cfg.paths.database)
     registry = ModelRegistry(cfg.paths.resolve("models"))
     labels = LabelStore(store)
-    train_docs, val_docs = _train_and_validation(cfg, labels, task)
-    settings = settings_from_config(cfg.kie, epochs, seed)
-    click.echo(f"training {task} on {len(train_docs)} documents, validating on {len(val_docs)}")
-    with_lines = cfg.kie.training.line_augmentation
-    if task == "ser":
-        trained = train_ser(train_docs, val_docs, cfg.kie.labels, settings, with_lines)
-    else:
-        kie = KieModels(registry)
-        source = None
-        if kie.refresh().get("ser"):  # validate RE on the labels SER in service gives, as in use
-            source = lambda _examples: [kie.label(copy.deepcopy(d)) for d in val_docs]  # noqa: E731
-        trained = train_re(train_docs, val_docs, cfg.kie.labels, settings, source, with_lines)
-    version = register(trained, registry)
-    evaluation = _evaluate(cfg, registry, task, version, labels.documents("holdout"), val_docs)
+    documents = _training_documents(cfg, labels, model_task)
+    try:
+        model_task.check_overrides(overrides)
+    except UnsupportedOverride as exc:
+        raise click.UsageError(str(exc)) from exc
+    fit_docs, val_docs = model_task.split(cfg, documents)
+    click.echo(f"training {task} on {len(fit_docs)} documents, validating on {len(val_docs)}")
+    fitted = model_task.fit(cfg, registry, documents, overrides, progress=True)
+    version = register(fitted.trained, registry)
+    evaluation = _evaluate(cfg, registry, task, version, labels.documents("holdout"), fitted.validation_documents)
     _put_in_service(registry, task, version, promote, evaluation)
-    _report(trained, version, registry, evaluation)
+    _report(fitted.trained, version, registry, evaluation)
+
+
+def _run_job_now(cfg: PaperloopConfig, task: str | None, force: bool, promote: bool,
+                 overrides: TrainOverrides) -> None:
+    from service.learning import run_learning_job
+
+    if promote:
+        raise click.UsageError("--promote does not apply with --now: the learning job promotes only through its "
+                               "holdout gate (use `paperloop models promote TASK VERSION` to override it)")
+    try:
+        runs = run_learning_job(cfg, force, [task] if task else None, overrides)
+    except UnsupportedOverride as exc:
+        raise click.UsageError(f"{exc}; name a TASK that has it (e.g. paperloop train --now ser --epochs 5)") from exc
+    for run in runs:
+        click.echo(f"{run.task}: {run.status} — {run.reason}" + (f" (candidate {run.candidate})" if run.candidate else ""))
 
 
 @click.command("eval")
-@click.argument("task", type=click.Choice(["ser", "re"]))
+@click.argument("task", type=click.Choice(TASK_NAMES))
 @click.option("--split", type=click.Choice(["test", "holdout", "train"]), default="test", show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @click.pass_obj
 def evaluate(cfg: PaperloopConfig, task: str, split: str, as_json: bool) -> None:
-    """Evaluate the SER / RE versions in service on a gold split (ground-truth segments)."""
+    """Evaluate the version of TASK in service on a gold split (SER / RE: on ground-truth segments,
+    per label; det / rec: the learning gate's metrics)."""
     documents = LabelStore(Store(cfg.paths.database)).documents(split)
     if not documents:
         raise click.ClickException(f"no gold documents in the {split} split")
-    kie = KieModels(ModelRegistry(cfg.paths.resolve("models")), multiple_values=cfg.kie.multiple_values,
-                    link_threshold=cfg.kie.link_threshold)
+    registry = ModelRegistry(cfg.paths.resolve("models"))
+    if task in ("ser", "re"):
+        _evaluate_kie(cfg, registry, task, split, documents, as_json)
+        return
+    version = registry.current_version(task)
+    if version is None:
+        raise click.ClickException(f"no {task} model in service; run `paperloop models install-base`")
+    metrics = get_task(task).evaluate(cfg, registry, version, documents)
+    if as_json:
+        click.echo(json.dumps({"versions": {task: version}, "metrics": metrics}, indent=2))
+        return
+    click.echo(f"{task} {version} on {len(documents)} {split} documents")
+    for name, value in metrics.items():
+        click.echo(f"  {name:<16} {value:.4f}")
+
+
+def _evaluate_kie(cfg: PaperloopConfig, registry: ModelRegistry, task: str, split: str, documents: list[Document],
+                  as_json: bool) -> None:
+    kie = KieModels(registry, multiple_values=cfg.kie.multiple_values, link_threshold=cfg.kie.link_threshold)
     versions = kie.refresh()
     if task not in versions or "ser" not in versions:
         raise click.ClickException(f"no {task} model in service; run `paperloop train {task}` first")

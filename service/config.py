@@ -11,7 +11,12 @@ from pathlib import Path
 from typing import Any, Literal, Optional
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from service.tasks import TASK_NAMES
+from service.tasks.det import DEFAULTS as DET_DEFAULTS
+from service.tasks.kie_common import DEFAULTS as KIE_DEFAULTS
+from service.tasks.rec import DEFAULTS as REC_DEFAULTS
 
 
 class ConfigError(ValueError):
@@ -156,17 +161,17 @@ class ReviewConfig(StrictModel):
 class KieTrainingConfig(StrictModel):
     """Hyper-parameters of ``paperloop train ser|re`` (chosen on a split of FUNSD's training set)."""
 
-    epochs: int = Field(15, ge=1)
-    batch_size: int = Field(4, ge=1)
-    learning_rate: float = Field(1e-3, gt=0)
-    weight_decay: float = Field(0.01, ge=0)
-    dim: int = Field(128, ge=8)
-    layers: int = Field(3, ge=1)
-    heads: int = Field(4, ge=1)
-    embed_dim: int = Field(64, ge=8)
-    dropout: float = Field(0.1, ge=0, lt=1)
-    seed: int = 0
-    validation_fraction: float = Field(0.15, gt=0, lt=1)
+    epochs: int = Field(KIE_DEFAULTS.epochs, ge=1)
+    batch_size: int = Field(KIE_DEFAULTS.batch_size, ge=1)
+    learning_rate: float = Field(KIE_DEFAULTS.learning_rate, gt=0)
+    weight_decay: float = Field(KIE_DEFAULTS.weight_decay, ge=0)
+    dim: int = Field(KIE_DEFAULTS.dim, ge=8)
+    layers: int = Field(KIE_DEFAULTS.layers, ge=1)
+    heads: int = Field(KIE_DEFAULTS.heads, ge=1)
+    embed_dim: int = Field(KIE_DEFAULTS.embed_dim, ge=8)
+    dropout: float = Field(KIE_DEFAULTS.dropout, ge=0, lt=1)
+    seed: int = KIE_DEFAULTS.seed
+    validation_fraction: float = Field(KIE_DEFAULTS.validation_fraction, gt=0, lt=1)
     line_augmentation: bool = True  # also train on gold entities split into lines, as OCR sees them
 
 
@@ -209,22 +214,30 @@ class LearningConfig(StrictModel):
     cron: str = "0 2 * * *"  # minute hour day month weekday, used when trigger is "cron"
     misfire_grace_seconds: int = Field(3600, ge=1)
     # The tasks the job trains, in the order det, rec, ser, re (bench/loop.py measures each on FUNSD).
-    tasks: list[Literal["det", "rec", "ser", "re"]] = ["det", "rec", "ser", "re"]
+    tasks: list[str] = list(TASK_NAMES)
     # det: DB weight fine-tuning steps (one page crop each; targets shrunk so the unclip restores the
     # gold box), then post-processing calibration. Chosen on FUNSD training forms (bench/det_finetune.py):
     # 100 steps at 5e-6 lifted validation Hmean 0.828 -> 0.838; larger rates or more steps lowered it.
-    det_steps: int = Field(100, ge=0)
-    det_learning_rate: float = Field(5e-6, gt=0)
-    det_crop_size: int = Field(640, ge=64)  # square crops at the page's own scale
-    rec_epochs: int = Field(1, ge=1)
-    rec_learning_rate: float = Field(1e-4, gt=0)
+    det_steps: int = Field(DET_DEFAULTS.steps, ge=0)
+    det_learning_rate: float = Field(DET_DEFAULTS.learning_rate, gt=0)
+    det_crop_size: int = Field(DET_DEFAULTS.crop_size, ge=64)  # square crops at the page's own scale
+    rec_epochs: int = Field(REC_DEFAULTS.epochs, ge=1)
+    rec_learning_rate: float = Field(REC_DEFAULTS.learning_rate, gt=0)
     # Forgetting guard: synthetic lines rendered with these fonts, this many per gold line.
-    rec_synthetic_ratio: float = Field(0.25, ge=0)
+    rec_synthetic_ratio: float = Field(REC_DEFAULTS.synthetic_ratio, ge=0)
     synthetic_font_dirs: list[str] = ["/usr/share/fonts/truetype/dejavu", "/usr/share/fonts/truetype/liberation"]
     min_new_documents: int = Field(20, ge=0)  # new gold documents since the task's last run
     margin: float = Field(0.005, ge=0)  # the main metric must improve by at least this
     tolerance: float = Field(0.01, ge=0)  # no other metric of the task may fall by more
     nice: int = Field(10, ge=0, le=19)  # training runs in a child process at this priority
+
+    @field_validator("tasks")
+    @classmethod
+    def _known_tasks(cls, tasks: list[str]) -> list[str]:
+        unknown = [t for t in tasks if t not in TASK_NAMES]
+        if unknown:
+            raise ValueError(f"unknown task(s) {', '.join(unknown)}; expected some of {', '.join(TASK_NAMES)}")
+        return tasks
 
 
 class PaperloopConfig(StrictModel):

@@ -1,4 +1,4 @@
-"""From a file to a :class:`Document`: rasterize, detect, recognize, decide on review."""
+"""From a file to a :class:`Document`: rasterize, run each task's prediction stage, decide on review."""
 
 from __future__ import annotations
 
@@ -10,12 +10,13 @@ import numpy as np
 from PIL import Image
 
 from service.config import PaperloopConfig
-from service.document import Document, Page, Segment
+from service.document import Document, Page
 from service.kie.inference import KieModels, LayoutXLMModels
-from service.ocr import OcrEngine, OcrLine
+from service.ocr import OcrEngine
 from service.rasterize import iter_pages, probe
 from service.registry import ModelRegistry
 from service.store import DONE, NEEDS_REVIEW, JobState, utc_now
+from service.tasks import Prediction, all_tasks
 
 if TYPE_CHECKING:
     from service.review.routing import Decision
@@ -35,19 +36,25 @@ class Routing:
         return self.decision.to_dict() if self.decision is not None else None
 
 
-def _segments(lines: list[OcrLine], page: int, versions: dict[str, str]) -> list[Segment]:
-    return [
-        Segment(
-            id=f"p{page}-s{i:04d}",
-            box=[(float(x), float(y)) for x, y in line.points],
-            text=line.text,
-            det_score=round(float(line.det_score), 5),
-            rec_score=round(float(line.rec_score), 5),
-            det_version=versions["det"],
-            rec_version=versions["rec"],
-        )
-        for i, line in enumerate(lines)
-    ]
+class ServiceModels:
+    """The models in service, loaded from the registry: OCR (det, rec) and KIE (SER, RE).
+
+    :meth:`refresh` follows the ``current`` pointers, so a promoted version is used from the next
+    document on. The tasks' prediction stages (``service/tasks/``) run these loaded models.
+    """
+
+    def __init__(self, ocr: OcrEngine, kie: KieModels | LayoutXLMModels) -> None:
+        self.ocr = ocr
+        self.kie = kie
+
+    def refresh(self) -> dict[str, str]:
+        """Reload whatever moved; returns the versions in use, per task."""
+        return {**self.ocr.refresh(), **self.kie.refresh()}
+
+    @property
+    def wants_page_images(self) -> bool:
+        """Whether a model in service sees the page image itself (LayoutXLM's visual backbone)."""
+        return isinstance(self.kie, LayoutXLMModels) and self.kie.uses_page_images
 
 
 class DocumentPipeline:
@@ -63,28 +70,41 @@ class DocumentPipeline:
         pretrained = cfg.kie.layoutxlm
         if pretrained.ser_dir or pretrained.re_dir:
             self.kie = LayoutXLMModels(self.kie, cfg.kie.labels, pretrained.ser_dir, pretrained.re_dir)
+        self.models = ServiceModels(self.ocr, self.kie)
         self.pages_dir = cfg.paths.resolve("data") / "pages"
 
     def process_file(self, path: Path, document_id: str, sha256: str, source_name: str) -> Document:
-        """Read every page of ``path``; raises :class:`IngestError` for bad input."""
+        """Read every page of ``path`` through the registered tasks' prediction stages: the page-level
+        ones (det, rec) as each page is rasterized, then the document-level ones (SER, RE).
+
+        Raises :class:`IngestError` for bad input.
+        """
         info = probe(path, self.cfg.ingest)
-        versions = self.ocr.refresh()
+        versions = self.models.refresh()
         document = Document(id=document_id, source_name=source_name, sha256=sha256,
                             created_at=utc_now(), model_versions=dict(versions))
+        prediction = Prediction(document, versions)
+        page_stages = [task for task in all_tasks() if task.level == "page"]
         for number, image in enumerate(iter_pages(path, info, self.cfg.ingest), start=1):
-            document.pages.append(self._read_page(document_id, number, image, versions))
-        # SER labels the lines and RE links keys to values, when such models are in service.
-        return self.kie.predict(document)
+            document.pages.append(self._store_page(document_id, number, image))
+            prediction.images = {number: np.ascontiguousarray(np.asarray(image)[:, :, ::-1])}  # BGR
+            if self.models.wants_page_images:
+                prediction.page_images[number] = np.asarray(image)
+            for task in page_stages:
+                task.predict(self.models, prediction)
+        prediction.images = {}
+        for task in all_tasks():
+            if task.level == "document":
+                task.predict(self.models, prediction)
+        return document
 
-    def _read_page(self, document_id: str, number: int, image: Image.Image, versions: dict[str, str]) -> Page:
+    def _store_page(self, document_id: str, number: int, image: Image.Image) -> Page:
+        """The page image under ``data/pages/`` (the review app shows it), as a page without segments yet."""
         relative = Path(document_id) / f"page-{number:03d}.png"
         target = self.pages_dir / relative
         target.parent.mkdir(parents=True, exist_ok=True)
         image.save(target, compress_level=1)
-        bgr = np.asarray(image)[:, :, ::-1]
-        lines = self.ocr.read_page(np.ascontiguousarray(bgr))
-        return Page(number=number, width=image.width, height=image.height,
-                    image=str(Path("pages") / relative), segments=_segments(lines, number, versions))
+        return Page(number=number, width=image.width, height=image.height, image=str(Path("pages") / relative))
 
     def route(self, document: Document) -> Routing:
         """Send a document to review when any result is below its threshold, or as an audit sample

@@ -25,8 +25,13 @@ from typing import Any
 
 import yaml
 
+from service.tasks import TASK_NAMES
+
 log = logging.getLogger(__name__)
-TASKS = ("det", "rec", "cls", "ser", "re")
+# The model tasks (service/tasks/), plus "cls", the text-line orientation classifier shipped with the
+# base models for PaddleOCR pipelines that want it: stored, never run by Paperloop, never trained.
+TASKS = TASK_NAMES
+AUXILIARY_MODELS = ("cls",)
 BASE_VERSION = "base"
 
 
@@ -90,7 +95,7 @@ class ModelRegistry:
 
     def task_dir(self, task: str) -> Path:
         """Folder holding every version of a task."""
-        if task not in TASKS:
+        if task not in TASKS + AUXILIARY_MODELS:
             raise RegistryError(f"unknown task {task!r}; expected one of {', '.join(TASKS)}")
         return self.root / task
 

@@ -52,9 +52,12 @@ class Corpus:
         self.inbox, self.outside, self.pages = inbox, outside, pages
 
     def write(self, name: str | bytes, content: bytes, folder: Path | None = None) -> Path:
+        """Write outside, then rename in: the daemon never sees a half-written corpus file."""
         folder = folder or self.inbox
         path = Path(os.fsdecode(os.path.join(os.fsencode(folder), os.fsencode(name))))
-        path.write_bytes(content)
+        scratch = self.outside / f".scratch-{time.monotonic_ns()}"
+        scratch.write_bytes(content)
+        os.rename(scratch, path)
         return path
 
     def page_bytes(self, index: int = 0) -> bytes:
@@ -89,28 +92,36 @@ def _half(data: bytes) -> bytes:
 def _encrypted_pdf(c: Corpus) -> Path:
     writer = pypdf.PdfWriter(clone_from=pypdf.PdfReader(c.outside_file("plain.pdf", c.pdf_bytes(c.pages[:1]))))
     writer.encrypt(user_password="secret", owner_password="owner")
-    path = c.inbox / "encrypted.pdf"
-    writer.write(path)
-    return path
+    scratch = c.outside / "encrypted.pdf"
+    writer.write(scratch)
+    data = scratch.read_bytes()
+    scratch.unlink()
+    return c.write("encrypted.pdf", data)
 
 
 def _pixel_bomb(c: Corpus) -> Path:
-    path = c.inbox / "bomb.png"
-    Image.new("1", (20_000, 20_000)).save(path, optimize=True)
-    return path
+    scratch = c.outside / "bomb.png"
+    Image.new("1", (20_000, 20_000)).save(scratch, optimize=True)  # seconds to write: renamed in when done
+    data = scratch.read_bytes()
+    scratch.unlink()
+    return c.write("bomb.png", data)
 
 
 def _grey16_png(c: Corpus) -> Path:
     grey = np.asarray(Image.open(c.pages[2]).convert("L"), dtype=np.uint16) * 257
-    path = c.inbox / "scan-16bit.png"
-    Image.fromarray(grey).save(path)  # mode I;16
-    return path
+    return c.write("scan-16bit.png", _png_bytes(Image.fromarray(grey)))  # mode I;16
 
 
 def _grey8_png(c: Corpus) -> Path:
-    path = c.inbox / "scan-8bit.png"
-    Image.open(c.pages[2]).convert("L").save(path)
-    return path
+    return c.write("scan-8bit.png", _png_bytes(Image.open(c.pages[2]).convert("L")))
+
+
+def _png_bytes(image: Image.Image) -> bytes:
+    from io import BytesIO
+
+    buffer = BytesIO()
+    image.save(buffer, format="PNG")
+    return buffer.getvalue()
 
 
 def _fifo(c: Corpus) -> Path:
@@ -258,6 +269,7 @@ def test_hostile_corpus_against_the_running_daemon(
     cfg.ingest.max_pages = 3
     cfg.ingest.max_file_bytes = 2_000_000
     cfg.watcher.rescan_interval_seconds = 0.5
+    cfg.watcher.quiet_seconds = 1.0  # the slow writer pauses 0.25 s between chunks, also on a busy machine
     inbox, quarantine, archive = (cfg.paths.resolve(n) for n in ("inbox", "quarantine", "archive"))
     outside = tmp_path / "outside-the-project"
     outside.mkdir()

@@ -12,12 +12,12 @@ from service.config import KieConfig, PaperloopConfig, load_config
 from service.document import Document
 from service.formats import read_funsd
 from service.funsd import split_pairs
-from service.kie import train as T
+from service.kie import fit
 from service.kie.data import split_into_lines
 from service.kie.evaluation import evaluate_gold
 from service.kie.inference import KieModels
 from service.kie.metrics import expected_calibration_error, link_scores, ser_scores
-from service.kie.trainer import register, train_re, train_ser
+from service.kie.candidates import register, train_re, train_ser
 from service.ocr.engine import Predictor
 from service.jobs import JobRunner
 from service.store import Store
@@ -26,7 +26,7 @@ from service.registry import ModelRegistry
 from conftest import FUNSD_ROOT, PROJECT_ROOT
 
 LABELS = ["header", "question", "answer", "other"]
-QUICK = T.TrainSettings(epochs=12, dim=64, layers=2, heads=4, embed_dim=32, seed=0, learning_rate=2e-3)
+QUICK = fit.TrainSettings(epochs=12, dim=64, layers=2, heads=4, embed_dim=32, seed=0, learning_rate=2e-3)
 
 
 def _funsd(split: str, count: int) -> list[Document]:
@@ -60,9 +60,9 @@ def test_temperature_cools_overconfident_logits() -> None:
     targets = rng.integers(0, 3, 400)
     logits = rng.normal(0, 1, (400, 3))
     logits[np.arange(400), targets] += 1.0
-    example = T.Example(features=None, labels=targets, links=np.zeros((0, 0)), label_probs=np.zeros((0, 3)))  # type: ignore[arg-type]
-    assert T.ser_temperature([logits * 6], [example]) > 2.0  # 6x too sharp: T must soften it
-    assert T.ser_temperature([logits], [example]) == pytest.approx(1.0, rel=0.35)
+    example = fit.Example(features=None, labels=targets, links=np.zeros((0, 0)), label_probs=np.zeros((0, 3)))  # type: ignore[arg-type]
+    assert fit.ser_temperature([logits * 6], [example]) > 2.0  # 6x too sharp: T must soften it
+    assert fit.ser_temperature([logits], [example]) == pytest.approx(1.0, rel=0.35)
 
 
 @pytest.mark.slow
@@ -113,9 +113,9 @@ def test_short_training_beats_trivial_baselines_on_held_out_forms(quick_models: 
     assert 0 < report["re"]["hmean"] <= 1 and 0 <= report["ser"]["ece"] < 0.5
 
     # Baseline RE: with the gold labels given to both, link every answer to the nearest question.
-    examples = [T.make_example(d, LABELS) for d in test_docs]
+    examples = [fit.make_example(d, LABELS) for d in test_docs]
     re = quick_models["re"]
-    ours = T.re_evaluate(T.re_logits(re.model, examples), examples, re.threshold, re.temperature).hmean
+    ours = fit.re_evaluate(fit.re_logits(re.model, examples), examples, re.threshold, re.temperature).hmean
     nearest = _nearest_question_baseline(test_docs)
     assert ours > nearest, (ours, nearest)
 
@@ -137,11 +137,11 @@ def _nearest_question_baseline(documents: list[Document]) -> float:
 def test_exported_models_match_the_trained_ones(quick_models: dict) -> None:
     registry: ModelRegistry = quick_models["registry"]
     document = _funsd("testing", 1)[0]
-    example = T.make_example(document, LABELS)
-    expected = T.ser_logits(quick_models["ser"].model, [example])[0]
+    example = fit.make_example(document, LABELS)
+    expected = fit.ser_logits(quick_models["ser"].model, [example])[0]
     exported = Predictor(registry.version_dir("ser", quick_models["versions"]["ser"]), use_mkldnn=False)
-    batch = T.collate([example])
-    got = exported.run([batch[k].numpy() for k in T.MODEL_INPUTS])[0][0]
+    batch = fit.collate([example])
+    got = exported.run([batch[k].numpy() for k in fit.MODEL_INPUTS])[0][0]
     assert np.abs(got - expected).max() < 1e-4
     card = registry.card("ser", quick_models["versions"]["ser"])
     assert card.data_counts["train_documents"] == 16 and 0 < card.metrics["hmean"] <= 1
@@ -175,8 +175,8 @@ def test_pipeline_output_has_labels_and_key_values(quick_models: dict, tmp_path:
 @pytest.mark.slow
 def test_training_is_reproducible_with_a_seed() -> None:
     forms = _funsd("training", 4)
-    settings = T.TrainSettings(epochs=1, dim=32, layers=1, heads=2, embed_dim=16, seed=3)
+    settings = fit.TrainSettings(epochs=1, dim=32, layers=1, heads=2, embed_dim=16, seed=3)
     first = train_ser(forms[:3], forms[3:], LABELS, settings, with_lines=False, progress=False)
     second = train_ser(forms[:3], forms[3:], LABELS, settings, with_lines=False, progress=False)
-    example = [T.make_example(forms[3], LABELS)]
-    assert np.array_equal(T.ser_logits(first.model, example)[0], T.ser_logits(second.model, example)[0])
+    example = [fit.make_example(forms[3], LABELS)]
+    assert np.array_equal(fit.ser_logits(first.model, example)[0], fit.ser_logits(second.model, example)[0])

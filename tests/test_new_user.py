@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -31,7 +32,12 @@ def test_the_readme_serve_command_works_on_a_fresh_clone(tmp_path: Path, funsd_p
     clone = _fresh_clone(tmp_path / "paperloop")
     (tmp_path / "shared").symlink_to(PROJECT_ROOT.parent / "shared")  # ../shared resolves, as in CI
     # The virtual environment that `./run test` just set up stands in for the one `./run serve` would
-    # build (same pinned packages, same stamp); the clone's own code runs through PYTHONPATH.
+    # build (same pinned packages, same stamp); the clone's own code runs through PYTHONPATH. With a
+    # stale stamp `./run` would reinstall into the project's .venv from the clone: refuse instead.
+    wanted = hashlib.sha256((clone / "pyproject.toml").read_bytes() + (clone / "constraints.txt").read_bytes())
+    stamp = PROJECT_ROOT / ".venv" / ".setup-stamp"
+    if not stamp.is_file() or stamp.read_text().strip() != wanted.hexdigest():
+        pytest.fail("the project's .venv is not set up for this pyproject.toml / constraints.txt: run ./run setup")
     (clone / ".venv").symlink_to(PROJECT_ROOT / ".venv")
     assert not (clone / "data").exists() and not (clone / "models" / "det").exists()
     log = tmp_path / "serve.log"

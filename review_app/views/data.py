@@ -11,11 +11,12 @@ import streamlit as st
 from review_app import common
 from service.config import PaperloopConfig
 from service.labels import SPLITS
+from service.tasks import all_tasks
 from service.review import (
     EXPORT_FORMATS, ExportError, ReviewService, create_export, export_archive, exports_root, label_colours,
 )
 
-TASKS = {"det": "Detection (boxes)", "rec": "Recognition (texts)", "ser": "SER (labels)", "re": "RE (links)"}
+TASKS = {task.name: task.title for task in all_tasks()}
 FORMAT_NAMES = {"det": "Detection Label.txt + images", "rec": "Recognition rec_gt.txt + crop_img/",
                 "kie": "KIE Label.txt + XFUND JSON (label)"}
 
@@ -23,6 +24,13 @@ FORMAT_NAMES = {"det": "Detection Label.txt + images", "rec": "Recognition rec_g
 def _reader(path: Path):
     """The zip's bytes, read only when the reviewer clicks the download button."""
     return lambda: path.read_bytes()
+
+
+def _last_training(version: str | None, at: str | None) -> str:
+    """The Per-task table's "Last training" cell."""
+    if at is not None:
+        return f"learning run {at[:10]} ({version or 'no candidate'})"
+    return f"no learning run yet ({version} in the registry)" if version else "no model yet"
 
 
 def render(service: ReviewService, cfg: PaperloopConfig, reviewer: str) -> None:
@@ -40,7 +48,7 @@ def render(service: ReviewService, cfg: PaperloopConfig, reviewer: str) -> None:
     rows = []
     for task, title in TASKS.items():
         new = summary["new_since_training"][task]
-        since = f"{new['since_version']} ({new['since'][:10]})" if new["since_version"] else "no model yet"
+        since = _last_training(new["since_version"], new["since"])
         rows.append({"Task": title, **{split: per_split.get(split, {}).get(task, 0) for split in SPLITS},
                      "New since last training": new["count"], "Last training": since})
     st.dataframe(pd.DataFrame(rows), hide_index=True, width="stretch")

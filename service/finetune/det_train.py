@@ -36,6 +36,7 @@ from service.config import DetConfig
 from service.finetune.common import WeightMismatch, export_inference_folder, read_inference_params
 from service.finetune.det_model import DBDetector, pair_parameters
 from service.ocr.detector import resize_for_detection, to_detector_input
+from service.tasks.det import DEFAULTS as DET_DEFAULTS
 
 SHRINK_RATIO = 0.4
 MIN_TEXT_SIZE = 8
@@ -299,8 +300,8 @@ def evaluate_loss(model: DBDetector, samples: Sequence[DetSample]) -> dict[str, 
 class DetTrainConfig:
     """Fine-tuning settings: small steps, so the shipped detector is adjusted, not relearned."""
 
-    steps: int = 200
-    learning_rate: float = 5e-5
+    steps: int = DET_DEFAULTS.steps  # the det task's defaults (service/tasks/det.py)
+    learning_rate: float = DET_DEFAULTS.learning_rate
     # The threshold branch starts from scratch: it trains alone for these first steps, so its
     # random output does not push the pretrained probability map around through the binary loss.
     threshold_warmup_steps: int = 50

@@ -33,6 +33,7 @@ from service.config import RecConfig
 from service.finetune.common import export_inference_folder, pair_by_order, read_inference_params
 from service.finetune.rec_model import PPOCRv4RecModel, eval_mode, model_tensors
 from service.ocr.recognizer import _normalize_batch, load_charset_from_list
+from service.tasks.rec import DEFAULTS as REC_DEFAULTS
 
 BLANK = 0
 
@@ -157,9 +158,9 @@ class FinetuneSettings:
     data set adapts the neck and head and leaves the visual features alone.
     """
 
-    epochs: int = 10
+    epochs: int = REC_DEFAULTS.epochs  # the rec task's defaults (service/tasks/rec.py)
     batch_size: int = 8
-    learning_rate: float = 1e-4
+    learning_rate: float = REC_DEFAULTS.learning_rate
     clip_norm: float = 5.0
     train_backbone: bool = False
     seed: int = 0

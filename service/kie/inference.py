@@ -14,11 +14,12 @@ from paddle.static import InputSpec
 
 from service.document import Document, Link
 from service.kie.features import MAX_TOKENS, N_BOX, N_PAIR, N_TEXT_CUES, featurize
-from service.kie.train import decode_links, re_probabilities
+from service.kie.fit import decode_links, re_probabilities
 from service.ocr.engine import Predictor
 from service.paddle_noise import quiet_export
 from service.registry import ModelRegistry
 
+PageImages = dict[int, np.ndarray]  # page number → H×W×3 RGB uint8
 SER_MODEL_NAME = "PaperloopGraphSER"
 RE_MODEL_NAME = "PaperloopGraphRE"
 
@@ -113,8 +114,11 @@ class KieModels:
                     setattr(self, task, _LoadedModel(self._registry, task, version, self._threads))
             return {t: m.version for t, m in (("ser", self.ser), ("re", self.re)) if m is not None}
 
-    def label(self, document: Document) -> np.ndarray | None:
-        """Fill every segment's label and calibrated probability; returns the (N, labels) probabilities."""
+    def label(self, document: Document, page_images: PageImages | None = None) -> np.ndarray | None:
+        """Fill every segment's label and calibrated probability; returns the (N, labels) probabilities.
+
+        ``page_images`` is accepted for the interface shared with :class:`LayoutXLMModels`; the graph
+        models read text and layout only."""
         if self.ser is None or not document.segments:
             return None
         ids, arrays = _inputs(document)
@@ -126,9 +130,11 @@ class KieModels:
             segment.label, segment.label_score, segment.ser_version = self.ser.labels[best], float(p[best]), self.ser.version
         return probabilities
 
-    def link(self, document: Document, label_probabilities: np.ndarray) -> None:
-        """Replace the document's links with RE's predictions (key → value, calibrated score)."""
-        if self.re is None or not document.segments:
+    def link(self, document: Document, label_probabilities: np.ndarray | None,
+             page_images: PageImages | None = None) -> None:
+        """Replace the document's links with RE's predictions (key → value, calibrated score); nothing
+        without an RE model or without SER's label probabilities."""
+        if self.re is None or label_probabilities is None or not document.segments:
             return
         ids, arrays = _inputs(document)
         logits = self.re.predictor.run([*arrays, label_probabilities[None].astype(np.float32)])[0][0]
@@ -174,17 +180,40 @@ class LayoutXLMModels:
         self._versions = {task: f"layoutxlm:{Path(folder).name}"
                           for task, folder in (("ser", ser_dir), ("re", re_dir)) if folder}
 
-    def predict(self, document: Document, page_images: dict[int, np.ndarray] | None = None) -> Document:
-        """Label with LayoutXLM SER (or the graph SER), then link with LayoutXLM RE (or the graph RE)."""
+    def refresh(self) -> dict[str, str]:
+        """The graph models' versions in service (for a task without a folder), then the LayoutXLM ones."""
+        return {**self._fallback.refresh(), **self._versions}
+
+    def label(self, document: Document, page_images: PageImages | None = None) -> np.ndarray | None:
+        """LayoutXLM SER when configured (returns ``None``: no probabilities for the graph RE), else the graph SER."""
         if self._ser is None:
-            self._fallback.predict(document)
-        else:
-            self._ser.predict(document)
-            for segment in document.segments:
-                segment.ser_version = self._versions["ser"]
-        if self._re is not None:
-            self._re.predict(document)
-            for link in document.links:
-                link.re_version = self._versions["re"]
-        document.model_versions.update(self._versions)
+            return self._fallback.label(document)
+        self._ser.predict(document, page_images)
+        for segment in document.segments:
+            segment.ser_version = self._versions["ser"]
+        return None
+
+    def link(self, document: Document, label_probabilities: np.ndarray | None,
+             page_images: PageImages | None = None) -> None:
+        """LayoutXLM RE when configured, else the graph RE (which needs SER's probabilities)."""
+        if self._re is None:
+            self._fallback.link(document, label_probabilities)
+            return
+        self._re.predict(document, page_images)
+        for link in document.links:
+            link.re_version = self._versions["re"]
+
+    @property
+    def uses_page_images(self) -> bool:
+        """Whether a model here has a visual backbone, so :meth:`predict` wants the page images."""
+        return any(model is not None and model.uses_image for model in (self._ser, self._re))
+
+    def predict(self, document: Document, page_images: PageImages | None = None) -> Document:
+        """Label with LayoutXLM SER (or the graph SER), then link with LayoutXLM RE (or the graph RE).
+
+        ``page_images`` (page number → RGB array) feed the visual backbone of models that have one.
+        """
+        versions = self.refresh()
+        self.link(document, self.label(document, page_images), page_images)
+        document.model_versions.update(versions)
         return document

@@ -64,13 +64,16 @@ class OcrEngine:
         assert self._detector is not None
         return self._detector(image_bgr)
 
-    def read_page(self, image_bgr: np.ndarray) -> list[OcrLine]:
-        """Detect and recognize every text line of a page (HWC uint8 BGR), in reading order."""
+    def recognize(self, image_bgr: np.ndarray, boxes: list[DetectedBox]) -> list[OcrLine]:
+        """Read the text of each detected box of a page (HWC uint8 BGR), in the boxes' order."""
         assert self._recognizer is not None
-        boxes = self.detect(image_bgr)
         crops = [crop_quad(image_bgr, box.points) for box in boxes]
         texts = self._recognizer(crops) if crops else []
         return [
             OcrLine(points=box.points, det_score=box.score, text=rec.text, rec_score=rec.score)
             for box, rec in zip(boxes, texts)
         ]
+
+    def read_page(self, image_bgr: np.ndarray) -> list[OcrLine]:
+        """Detect and recognize every text line of a page (HWC uint8 BGR), in reading order."""
+        return self.recognize(image_bgr, self.detect(image_bgr))

@@ -57,13 +57,16 @@ def training_mix(cfg: PaperloopConfig, gold: list[RecSample], seed: int = 0) -> 
 
 
 def train_rec_candidate(cfg: PaperloopConfig, registry: ModelRegistry, gold: list[RecSample], version: str,
-                        on_step: Callable[[int, float], None] | None = None) -> str:
+                        on_step: Callable[[int, float], None] | None = None, epochs: int | None = None,
+                        seed: int | None = None) -> str:
     """Fine-tune the rec version in service on ``gold`` (plus synthetic lines); register the
-    result as ``version``."""
+    result as ``version``. ``epochs`` and ``seed`` replace ``learning.rec_epochs`` and 0."""
     parent, parent_dir = registry.current_dir("rec")
     model = load_rec_model(parent_dir)
-    samples = training_mix(cfg, gold)
-    settings = FinetuneSettings(epochs=cfg.learning.rec_epochs, learning_rate=cfg.learning.rec_learning_rate)
+    seed = 0 if seed is None else seed
+    samples = training_mix(cfg, gold, seed)
+    settings = FinetuneSettings(epochs=epochs or cfg.learning.rec_epochs, learning_rate=cfg.learning.rec_learning_rate,
+                                seed=seed)
     report = finetune_rec(model, samples, LabelEncoder(load_charset(parent_dir)), settings, cfg.ocr.rec, on_step)
     card = ModelCard(task="rec", version=version, model_name=registry.card("rec", parent).model_name, parent=parent,
                      source="paperloop learning job (CTC fine-tuning)",

@@ -28,12 +28,13 @@ from typing import Any, Iterable
 from service.config import PaperloopConfig
 from service.document import Document
 from service.labels import LabelStore, validate
-from service.registry import ModelRegistry, RegistryError
+from service.registry import ModelRegistry
 from service.review.auth import clean_reviewer_name
 from service.review.gold import Change, diff_documents, to_gold
 from service.review.routing import Decision, ReviewReason, decide, document_uncertainty
 from service.review_store import ReviewStore, RoutedDocument
 from service.store import Store, utc_now
+from service.tasks import TASK_NAMES, all_tasks
 
 WAITING, REVIEWED = "waiting", "reviewed"
 REVIEW_SOURCE = "review"
@@ -364,19 +365,12 @@ class ReviewService:
 
     def gold_summary(self) -> dict[str, Any]:
         """Gold label counts per task, per split and per label, and what is new since each task's
-        latest model version (the last training run)."""
+        last training (:func:`service.learning.last_training`, the learning job's own measure):
+        the task's gold items in train-split documents changed since then."""
+        from service.learning import last_training
+
         registry = ModelRegistry(self.cfg.paths.resolve("models"))
-        since: dict[str, tuple[str | None, str | None]] = {}
-        for task in ("det", "rec", "ser", "re"):
-            latest = (None, None)
-            try:
-                for version in registry.versions(task):
-                    created = registry.card(task, version).created_at
-                    if latest[1] is None or created > latest[1]:
-                        latest = (version, created)
-            except (RegistryError, OSError, ValueError):
-                pass
-            since[task] = latest
+        since = {task: last_training(self.store, registry, task) for task in TASK_NAMES}
         per_split: dict[str, Counter] = {}
         per_label: dict[str, Counter] = {}
         new = Counter()
@@ -385,17 +379,15 @@ class ReviewService:
             per_split.setdefault(split, Counter()).update(counts)
             for segment in document.segments:
                 per_label.setdefault(segment.label or "(none)", Counter())[split] += 1
-            for task, count in counts.items():
-                if task == "documents":
-                    continue
-                _version, created = since.get(task, (None, None))
-                if created is None or _after(updated_at, created):
-                    new[task] += count
+            for task in TASK_NAMES:
+                _version, trained_at = since[task]
+                if split == "train" and (trained_at is None or _after(updated_at, trained_at)):
+                    new[task] += counts[task]
         return {
             "per_split": {s: dict(c) for s, c in sorted(per_split.items())},
             "per_label": {label: dict(c) for label, c in sorted(per_label.items())},
-            "new_since_training": {t: {"count": new.get(t, 0), "since_version": since[t][0],
-                                       "since": since[t][1]} for t in ("det", "rec", "ser", "re")},
+            "new_since_training": {t: {"count": new.get(t, 0), "since_version": since[t][0], "since": since[t][1]}
+                                   for t in TASK_NAMES},
         }
 
 
@@ -407,7 +399,5 @@ def _after(a: str, b: str) -> bool:
 
 
 def task_counts(document: Document) -> dict[str, int]:
-    """Gold items per task: det boxes, rec texts, ser labels, re links."""
-    segments = document.segments
-    return {"documents": 1, "det": len(segments), "rec": sum(1 for s in segments if s.text.strip()),
-            "ser": sum(1 for s in segments if s.label), "re": len(document.links)}
+    """Gold items per registered task (det boxes, rec texts, ser labels, re links), and ``documents``: 1."""
+    return {"documents": 1, **{task.name: task.gold_items(document) for task in all_tasks()}}

@@ -1,4 +1,4 @@
-"""Training and evaluation of the SER and RE graph models (Paddle dygraph, CPU)."""
+"""The model-level machinery of SER and RE: examples, losses, the fit loop, logits, metrics, calibration (Paddle dygraph, CPU)."""
 
 from __future__ import annotations
 
@@ -19,6 +19,7 @@ from service.document import Document
 from service.kie.features import DocumentFeatures, featurize
 from service.kie.metrics import PRF, link_scores, ser_scores
 from service.kie.model import ReModel, SerModel
+from service.tasks.kie_common import DEFAULTS as KIE_DEFAULTS
 
 log = logging.getLogger(__name__)
 IGNORE = -100
@@ -26,18 +27,18 @@ IGNORE = -100
 
 @dataclass
 class TrainSettings:
-    """Hyper-parameters (chosen on a validation split of the FUNSD training forms)."""
+    """Hyper-parameters; the defaults are the SER / RE tasks' own (service/tasks/kie_common.py)."""
 
-    epochs: int = 60
-    batch_size: int = 4
-    learning_rate: float = 1e-3
-    weight_decay: float = 0.01
-    dim: int = 128
-    layers: int = 3
-    heads: int = 4
-    embed_dim: int = 64
-    dropout: float = 0.1
-    seed: int = 0
+    epochs: int = KIE_DEFAULTS.epochs
+    batch_size: int = KIE_DEFAULTS.batch_size
+    learning_rate: float = KIE_DEFAULTS.learning_rate
+    weight_decay: float = KIE_DEFAULTS.weight_decay
+    dim: int = KIE_DEFAULTS.dim
+    layers: int = KIE_DEFAULTS.layers
+    heads: int = KIE_DEFAULTS.heads
+    embed_dim: int = KIE_DEFAULTS.embed_dim
+    dropout: float = KIE_DEFAULTS.dropout
+    seed: int = KIE_DEFAULTS.seed
 
     def encoder_args(self) -> dict[str, Any]:
         """Keyword arguments of :class:`SegmentEncoder`."""

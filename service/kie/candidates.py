@@ -1,4 +1,4 @@
-"""Train SER / RE on gold documents, calibrate on held-out ones, and store them in the registry."""
+"""Train SER / RE candidates on gold documents, calibrate them on held-out ones, and register them."""
 
 from __future__ import annotations
 
@@ -14,14 +14,14 @@ import paddle
 
 from service.config import KieConfig
 from service.document import Document
-from service.kie import train as T
+from service.kie import fit
 from service.kie.data import training_documents
 from service.kie.inference import export_for_inference, input_specs, kie_inference_yml, softmax, temporary_export_dir
 from service.kie.metrics import expected_calibration_error
 from service.kie.model import ReModel, SerModel, parameter_count
 from service.registry import ModelCard, ModelRegistry
 
-LabelSource = Callable[[Sequence[T.Example]], list[np.ndarray]]
+LabelSource = Callable[[Sequence[fit.Example]], list[np.ndarray]]
 
 
 @dataclass
@@ -35,14 +35,14 @@ class TrainedModel:
     threshold: float | None
     metrics: dict[str, Any]
     data_counts: dict[str, int]
-    settings: T.TrainSettings
-    history: T.History = field(default_factory=T.History)
+    settings: fit.TrainSettings
+    history: fit.History = field(default_factory=fit.History)
 
 
-def settings_from_config(kie: KieConfig, epochs: int | None = None, seed: int | None = None) -> T.TrainSettings:
+def settings_from_config(kie: KieConfig, epochs: int | None = None, seed: int | None = None) -> fit.TrainSettings:
     """Training settings from ``kie.training``, optionally overriding epochs and seed."""
     t = kie.training
-    return T.TrainSettings(epochs=epochs or t.epochs, batch_size=t.batch_size, learning_rate=t.learning_rate,
+    return fit.TrainSettings(epochs=epochs or t.epochs, batch_size=t.batch_size, learning_rate=t.learning_rate,
                            weight_decay=t.weight_decay, dim=t.dim, layers=t.layers, heads=t.heads,
                            embed_dim=t.embed_dim, dropout=t.dropout, seed=t.seed if seed is None else seed)
 
@@ -60,31 +60,31 @@ def _counts(train: Sequence[Document], val: Sequence[Document]) -> dict[str, int
             "train_links": sum(len(d.links) for d in train), "validation_documents": len(val)}
 
 
-def _cost(model: paddle.nn.Layer, history: T.History) -> dict[str, Any]:
+def _cost(model: paddle.nn.Layer, history: fit.History) -> dict[str, Any]:
     return {"parameters": parameter_count(model), "train_seconds": round(history.seconds, 1),
             "best_epoch": history.best_epoch}
 
 
 def ser_label_source(model: SerModel, temperature: float) -> LabelSource:
     """Label probabilities from a trained SER model (RE's input at inference time)."""
-    return lambda examples: [softmax(l, temperature) for l in T.ser_logits(model, examples)]
+    return lambda examples: [softmax(l, temperature) for l in fit.ser_logits(model, examples)]
 
 
 def train_ser(train_docs: Sequence[Document], val_docs: Sequence[Document], labels: Sequence[str],
-              settings: T.TrainSettings, with_lines: bool = True, progress: bool = True) -> TrainedModel:
+              settings: fit.TrainSettings, with_lines: bool = True, progress: bool = True) -> TrainedModel:
     """Train SER, keep the best validation epoch, fit a temperature on validation."""
-    T.set_seed(settings.seed)
-    train = [T.make_example(d, labels) for d in training_documents(list(train_docs), with_lines)]
-    val = [T.make_example(d, labels) for d in val_docs]
+    fit.set_seed(settings.seed)
+    train = [fit.make_example(d, labels) for d in training_documents(list(train_docs), with_lines)]
+    val = [fit.make_example(d, labels) for d in val_docs]
     model = SerModel(len(labels), **settings.encoder_args())
 
     def validate() -> float:
-        return T.ser_evaluate(T.ser_logits(model, val), val, labels)["overall"].hmean
+        return fit.ser_evaluate(fit.ser_logits(model, val), val, labels)["overall"].hmean
 
-    history = T.fit(model, T.ser_loss, train, settings, validate, progress)
-    logits = T.ser_logits(model, val)
-    temperature = T.ser_temperature(logits, val)
-    scores = T.ser_evaluate(logits, val, labels)
+    history = fit.fit(model, fit.ser_loss, train, settings, validate, progress)
+    logits = fit.ser_logits(model, val)
+    temperature = fit.ser_temperature(logits, val)
+    scores = fit.ser_evaluate(logits, val, labels)
     metrics = {"validation": {k: v.as_dict() for k, v in scores.items()},
                "hmean": scores["overall"].hmean, "ece_before": _ser_ece(logits, val, 1.0),
                "ece": _ser_ece(logits, val, temperature), **_cost(model, history)}
@@ -92,10 +92,10 @@ def train_ser(train_docs: Sequence[Document], val_docs: Sequence[Document], labe
                         _counts(train_docs, val_docs), settings, history)
 
 
-def _ser_ece(logits: Sequence[np.ndarray], examples: Sequence[T.Example], temperature: float) -> float:
+def _ser_ece(logits: Sequence[np.ndarray], examples: Sequence[fit.Example], temperature: float) -> float:
     confidences, correct = [], []
     for l, e in zip(logits, examples):
-        keep = e.labels != T.IGNORE
+        keep = e.labels != fit.IGNORE
         p = softmax(l[keep], temperature)
         confidences.append(p.max(axis=1))
         correct.append(p.argmax(axis=1) == e.labels[keep])
@@ -103,40 +103,40 @@ def _ser_ece(logits: Sequence[np.ndarray], examples: Sequence[T.Example], temper
 
 
 def train_re(train_docs: Sequence[Document], val_docs: Sequence[Document], labels: Sequence[str],
-             settings: T.TrainSettings, val_label_source: LabelSource | None = None,
+             settings: fit.TrainSettings, val_label_source: LabelSource | None = None,
              with_lines: bool = True, progress: bool = True) -> TrainedModel:
     """Train RE on gold labels (noised), calibrate and pick the link threshold on validation.
 
     ``val_label_source`` gives the validation documents' label probabilities as SER will at
     inference; without it the gold labels are used.
     """
-    T.set_seed(settings.seed)
+    fit.set_seed(settings.seed)
     rng = np.random.default_rng(settings.seed)
-    train = [T.make_example(d, labels) for d in training_documents(list(train_docs), with_lines)]
-    val = [T.make_example(d, labels) for d in val_docs]
+    train = [fit.make_example(d, labels) for d in training_documents(list(train_docs), with_lines)]
+    val = [fit.make_example(d, labels) for d in val_docs]
     confusion = None
     if val_label_source is not None:
         predicted = val_label_source(val)
-        confusion = T.label_confusion(val, predicted, len(labels))
-        val = T.with_label_probs(val, predicted)
+        confusion = fit.label_confusion(val, predicted, len(labels))
+        val = fit.with_label_probs(val, predicted)
     model = ReModel(len(labels), **settings.encoder_args())
-    history = T.fit(model, T.re_loss, T.noisy_label_probs(train, rng, confusion), settings,
-                    lambda: T.re_evaluate(T.re_logits(model, val), val, 0.5).hmean, progress)
-    logits = T.re_logits(model, val)
-    temperature = T.re_temperature(logits, val)
-    threshold = T.best_threshold(logits, val, temperature)
-    scores = T.re_evaluate(logits, val, threshold, temperature)
+    history = fit.fit(model, fit.re_loss, fit.noisy_label_probs(train, rng, confusion), settings,
+                    lambda: fit.re_evaluate(fit.re_logits(model, val), val, 0.5).hmean, progress)
+    logits = fit.re_logits(model, val)
+    temperature = fit.re_temperature(logits, val)
+    threshold = fit.best_threshold(logits, val, temperature)
+    scores = fit.re_evaluate(logits, val, threshold, temperature)
     metrics = {"validation": scores.as_dict(), "hmean": scores.hmean, "link_threshold": threshold,
                "ece": _re_ece(logits, val, temperature), **_cost(model, history)}
     return TrainedModel("re", model, list(labels), temperature, threshold, metrics,
                         _counts(train_docs, val_docs), settings, history)
 
 
-def _re_ece(logits: Sequence[np.ndarray], examples: Sequence[T.Example], temperature: float) -> float:
+def _re_ece(logits: Sequence[np.ndarray], examples: Sequence[fit.Example], temperature: float) -> float:
     """Calibration of "the most likely key of each segment (or none) is right"."""
     confidences, correct = [], []
     for l, e in zip(logits, examples):
-        p = T.re_probabilities(l, temperature)
+        p = fit.re_probabilities(l, temperature)
         best = p.argmax(axis=0)
         truth = np.vstack([e.links, (e.links.sum(axis=0) == 0)[None].astype(np.float32)])
         confidences.append(p.max(axis=0))
@@ -184,7 +184,7 @@ def register(trained: TrainedModel, registry: ModelRegistry) -> str:
                      parent=registry.current_version(trained.task), source="paperloop train",
                      data_counts=trained.data_counts,
                      metrics={**trained.metrics, "temperature": trained.temperature,
-                              "settings": T.settings_dict(trained.settings)})
+                              "settings": fit.settings_dict(trained.settings)})
     with temporary_export_dir() as scratch:
         files = export_for_inference(trained.model, specs, Path(scratch))
         yml = kie_inference_yml(trained.task, trained.labels, trained.temperature, trained.threshold)

@@ -1,0 +1,128 @@
+"""What every model task declares: samples, training, metrics, gate rule, defaults."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, ClassVar, Literal, Protocol, Sequence
+
+if TYPE_CHECKING:
+    from service.config import PaperloopConfig
+    from service.document import Document
+    from service.registry import ModelRegistry
+    from service.run_log import RunLog
+
+
+@dataclass
+class Prediction:
+    """One document on its way through the prediction stages: inputs in, results out, no files.
+
+    The pipeline owns files and the store: it rasterizes each page into ``images`` (page number →
+    H×W×3 BGR; only the page being read, to bound memory), runs the page-level stages, then the
+    document-level ones, and stores ``document``.
+    """
+
+    document: "Document"
+    versions: dict[str, str]  # the model versions in use, recorded on every result
+    images: dict[int, Any] = field(default_factory=dict)
+    page_images: dict[int, Any] = field(default_factory=dict)  # RGB pages kept for models that see images
+    boxes: dict[int, list[Any]] = field(default_factory=dict)  # det's boxes per page, for rec
+    label_probabilities: Any = None  # SER's (segments × labels) probabilities, for RE
+
+
+class ServiceModels(Protocol):
+    """The loaded models the stages run (see :class:`service.pipeline.ServiceModels`)."""
+
+    ocr: Any
+    kie: Any
+
+
+class UnsupportedOverride(ValueError):
+    """A training option was given to a task that has no such setting."""
+
+
+@dataclass(frozen=True)
+class TrainOverrides:
+    """Options of ``paperloop train`` that replace configured settings for one run."""
+
+    epochs: int | None = None
+    seed: int | None = None
+
+    def given(self) -> set[str]:
+        """Names of the options that were set."""
+        return {name for name in ("epochs", "seed") if getattr(self, name) is not None}
+
+
+@dataclass(frozen=True)
+class GateRule:
+    """When a candidate may replace the version in service: the main metric (the first) must improve
+    by ``margin``, and no other metric may fall by more than ``tolerance``."""
+
+    margin: float
+    tolerance: float
+
+    def decide(self, candidate: dict[str, float], current: dict[str, float] | None) -> tuple[bool, str]:
+        """Whether the candidate passes, and why."""
+        if current is None:
+            return True, "no version in service"
+        main = next(iter(candidate))
+        gain = candidate[main] - current[main]
+        if gain < self.margin:
+            return False, f"{main} {candidate[main]:.4f} vs {current[main]:.4f} ({gain:+.4f} < margin {self.margin})"
+        drops = [f"{k} {current[k]:.4f} → {candidate.get(k, 0.0):.4f}" for k in current
+                 if k != main and candidate.get(k, 0.0) < current[k] - self.tolerance]
+        if drops:
+            return False, f"{main} +{gain:.4f} but beyond tolerance {self.tolerance}: {', '.join(drops)}"
+        return True, f"{main} {current[main]:.4f} → {candidate[main]:.4f}"
+
+
+class ModelTask(ABC):
+    """One model task. Subclasses set the class attributes and implement the abstract methods."""
+
+    name: ClassVar[str]
+    title: ClassVar[str]  # how people call it, e.g. "Detection (boxes)"
+    metric_names: ClassVar[tuple[str, ...]]  # what evaluate() returns, the main one first
+    # `paperloop train TASK` trains it directly; otherwise only the learning job does (`train --now TASK`).
+    trained_by_command: ClassVar[bool] = False
+    overrides: ClassVar[frozenset[str]] = frozenset()  # TrainOverrides fields this task honours
+
+    # "page": run on each page as it is read (det, rec); "document": on the whole document (SER, RE).
+    level: ClassVar[Literal["page", "document"]] = "document"
+
+    @abstractmethod
+    def predict(self, models: ServiceModels, prediction: Prediction) -> None:
+        """This task's prediction stage: read and fill ``prediction`` with the loaded models (no I/O)."""
+
+    def gate_rule(self, cfg: "PaperloopConfig") -> GateRule:
+        """The learning job's gate for this task."""
+        return GateRule(cfg.learning.margin, cfg.learning.tolerance)
+
+    def check_overrides(self, overrides: TrainOverrides) -> None:
+        """Refuse options this task has no setting for (:class:`UnsupportedOverride`)."""
+        unsupported = sorted(overrides.given() - self.overrides)
+        if unsupported:
+            options = ", ".join(f"--{name}" for name in unsupported)
+            raise UnsupportedOverride(f"{self.name} has no setting for {options}")
+
+    def missing_signal(self, cfg: "PaperloopConfig", documents: Sequence["Document"]) -> str | None:
+        """Why the gold documents cannot teach this task anything, or ``None`` when they can."""
+        return None
+
+    @abstractmethod
+    def gold_items(self, document: "Document") -> int:
+        """How many gold items of this task a document holds (boxes, texts, labels, links)."""
+
+    @abstractmethod
+    def samples(self, cfg: "PaperloopConfig", documents: Sequence["Document"]) -> list[Any]:
+        """Training or evaluation samples made from gold documents."""
+
+    @abstractmethod
+    def train_candidate(self, cfg: "PaperloopConfig", registry: "ModelRegistry", documents: Sequence["Document"],
+                        run_log: "RunLog", overrides: TrainOverrides = TrainOverrides()) -> str:
+        """Train a candidate from the version in service on ``documents``; register it (not in
+        service) and return its version."""
+
+    @abstractmethod
+    def evaluate(self, cfg: "PaperloopConfig", registry: "ModelRegistry", version: str,
+                 documents: Sequence["Document"]) -> dict[str, float]:
+        """The task's metrics of ``version`` on gold documents, the main one first."""

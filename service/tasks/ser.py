@@ -1,0 +1,46 @@
+"""SER: label each segment with a field of the schema (`kie.labels`), or `other`."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from service.tasks.base import Prediction, ServiceModels
+from service.tasks.kie_common import DEFAULTS, KieTask
+
+if TYPE_CHECKING:
+    from service.config import PaperloopConfig
+    from service.document import Document
+    from service.kie.candidates import TrainedModel
+    from service.registry import ModelRegistry
+
+__all__ = ["DEFAULTS", "TASK"]
+
+
+class SerTask(KieTask):
+    """Segment labelling; entity-level Hmean over the schema's labels, then each label's Hmean."""
+
+    name = "ser"
+    title = "SER (labels)"
+    metric_names = ("hmean",)  # then <label>_hmean for every label of the schema but `other`
+
+    def predict(self, models: ServiceModels, prediction: Prediction) -> None:
+        """A label and its calibrated probability for every segment (when a SER model is in service)."""
+        prediction.label_probabilities = models.kie.label(prediction.document, prediction.page_images)
+
+    def gold_items(self, document: "Document") -> int:
+        return sum(1 for s in document.segments if s.label)
+
+    def _train(self, cfg: "PaperloopConfig", registry: "ModelRegistry", fit_docs: list["Document"],
+               val_docs: list["Document"], settings: Any, progress: bool) -> "TrainedModel":
+        from service.kie.candidates import train_ser
+
+        return train_ser(fit_docs, val_docs, cfg.kie.labels, settings, cfg.kie.training.line_augmentation,
+                         progress=progress)
+
+    def metrics_from_report(self, cfg: "PaperloopConfig", report: dict[str, Any]) -> dict[str, float]:
+        per_label = {f"{label}_hmean": report["ser"]["scores"][label]["hmean"]
+                     for label in cfg.kie.labels if label != cfg.kie.other_label}
+        return {"hmean": report["ser"]["hmean"], **per_label}
+
+
+TASK = SerTask()
