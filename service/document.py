@@ -54,7 +54,7 @@ def quad_to_bbox(points: list[Point]) -> BBox:
 
 @dataclass
 class Word:
-    """One word inside a segment (gold labels often have them; OCR lines do not)."""
+    """One word inside a segment: from gold labels, or placed in an OCR line by its CTC character positions."""
 
     text: str
     box: BBox

@@ -46,7 +46,7 @@ def documented_fields() -> set[str]:
 
 
 def _fill_optional_parts(document: Document) -> Document:
-    """The parts OCR alone leaves empty (words, links) filled in, so that every key occurs."""
+    """The parts OCR alone leaves empty (links) filled in, and words made sure of, so that every key occurs."""
     first, second = document.segments[:2]
     first.words = [Word(text=first.text.split()[0], box=first.bbox)]
     document.links = [Link(key=first.id, value=second.id, score=0.9, re_version="v1")]

@@ -11,17 +11,19 @@ from service.config import OcrConfig
 from service.ocr.detector import DetectedBox, TextDetector
 from service.ocr.engine import Predictor
 from service.ocr.recognizer import TextRecognizer, crop_quad, load_charset_from_list
+from service.ocr.words import OcrWord, word_boxes
 from service.registry import ModelRegistry
 
 
 @dataclass(frozen=True)
 class OcrLine:
-    """One recognized text line on a page."""
+    """One recognized text line on a page, with its words (split at spaces, boxes from CTC positions)."""
 
     points: np.ndarray
     det_score: float
     text: str
     rec_score: float
+    words: tuple[OcrWord, ...] = ()
 
 
 class OcrEngine:
@@ -70,7 +72,8 @@ class OcrEngine:
         crops = [crop_quad(image_bgr, box.points) for box in boxes]
         texts = self._recognizer(crops) if crops else []
         return [
-            OcrLine(points=box.points, det_score=box.score, text=rec.text, rec_score=rec.score)
+            OcrLine(points=box.points, det_score=box.score, text=rec.text, rec_score=rec.score,
+                    words=tuple(word_boxes(rec, box.points)))
             for box, rec in zip(boxes, texts)
         ]
 

@@ -9,7 +9,7 @@ from service.tasks.base import ModelTask, Prediction, ServiceModels, TrainOverri
 
 if TYPE_CHECKING:
     from service.config import PaperloopConfig
-    from service.document import Document, Segment
+    from service.document import Document, Segment, Word
     from service.registry import ModelRegistry
     from service.run_log import RunLog
 
@@ -26,8 +26,17 @@ class RecDefaults:
 DEFAULTS = RecDefaults()
 
 
+def _words(line: Any) -> list["Word"]:
+    """A recognized line's words (:class:`service.ocr.words.OcrWord`) as segment words, boxes rounded."""
+    from service.document import Word
+
+    return [Word(text=w.text, box=tuple(round(float(v), 2) for v in w.box))  # type: ignore[arg-type]
+            for w in getattr(line, "words", ())]
+
+
 def lines_to_segments(lines: Sequence[Any], page: int, versions: dict[str, str]) -> list["Segment"]:
-    """Recognized lines (:class:`service.ocr.OcrLine`) as a page's segments, ids ``p<page>-s<nnnn>``."""
+    """Recognized lines (:class:`service.ocr.OcrLine`) as a page's segments, ids ``p<page>-s<nnnn>``,
+    with their words."""
     from service.document import Segment
 
     return [
@@ -35,6 +44,7 @@ def lines_to_segments(lines: Sequence[Any], page: int, versions: dict[str, str])
             id=f"p{page}-s{i:04d}",
             box=[(float(x), float(y)) for x, y in line.points],
             text=line.text,
+            words=_words(line),
             det_score=round(float(line.det_score), 5),
             rec_score=round(float(line.rec_score), 5),
             det_version=versions["det"],
