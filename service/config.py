@@ -216,8 +216,7 @@ class LearningConfig(StrictModel):
     # The tasks the job trains, in the order det, rec, ser, re (bench/loop.py measures each on FUNSD).
     tasks: list[str] = list(TASK_NAMES)
     # det: DB weight fine-tuning steps (one page crop each; targets shrunk so the unclip restores the
-    # gold box), then post-processing calibration. Chosen on FUNSD training forms (bench/det_finetune.py):
-    # 100 steps at 5e-6 lifted validation Hmean 0.828 -> 0.838; larger rates or more steps lowered it.
+    # gold box), then post-processing calibration. Defaults and their evidence: service/tasks/det.py.
     det_steps: int = Field(DET_DEFAULTS.steps, ge=0)
     det_learning_rate: float = Field(DET_DEFAULTS.learning_rate, gt=0)
     det_crop_size: int = Field(DET_DEFAULTS.crop_size, ge=64)  # square crops at the page's own scale

@@ -166,8 +166,8 @@ def matched_shrink_ratio(unclip_ratio: float) -> float:
     For a long line of height h, DB's shrink leaves a kernel of height r²·h, and unclipping by
     ``u`` grows a kernel of height k to k·(1 + u): r = 1/√(1 + u) makes the round trip exact
     (0.632 for u = 1.5). DB's own r = 0.4 leaves kernels of 0.16·h that the shipped model never
-    drew; fine-tuning toward them lowered FUNSD Hmean at every learning rate tried
-    (bench/results/det_finetune.md).
+    drew. On FUNSD validation forms it did no better than the matched ratio at its best rate
+    (0.790 vs 0.796 Hmean, bench/results/det_finetune.md).
     """
     return float(1.0 / np.sqrt(1.0 + unclip_ratio))
 
