@@ -6,12 +6,13 @@ copy and edit (a test keeps the two equal).
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal, Optional
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, ValidationError, field_validator, model_validator
 
 from service.tasks import TASK_NAMES
 from service.tasks.det import DEFAULTS as DET_DEFAULTS
@@ -118,6 +119,28 @@ class OcrConfig(StrictModel):
     use_mkldnn: bool = True
     det: DetConfig = DetConfig()
     rec: RecConfig = RecConfig()
+
+
+class DaemonConfig(StrictModel):
+    """How ``paperloop serve`` processes the queue."""
+
+    # 1: one worker thread in the daemon's process (the default). N > 1: N worker processes, each
+    # with its own predictors (ocr.threads threads each), claiming jobs from the store. "auto":
+    # as many as fit the CPU, os.cpu_count() // ocr.threads (at least 1).
+    workers: StrictInt | Literal["auto"] = 1
+
+    @field_validator("workers")
+    @classmethod
+    def _at_least_one(cls, workers: int | str) -> int | str:
+        if isinstance(workers, int) and workers < 1:
+            raise ValueError("workers must be at least 1, or 'auto'")
+        return workers
+
+    def resolved_workers(self, ocr_threads: int) -> int:
+        """The number of workers: ``workers``, or for ``auto`` the CPU cores ÷ threads per worker."""
+        if self.workers == "auto":
+            return max(1, (os.cpu_count() or 1) // ocr_threads)
+        return int(self.workers)
 
 
 class RoutingConfig(StrictModel):
@@ -246,6 +269,7 @@ class PaperloopConfig(StrictModel):
     watcher: WatcherConfig = WatcherConfig()
     ingest: IngestConfig = IngestConfig()
     ocr: OcrConfig = OcrConfig()
+    daemon: DaemonConfig = DaemonConfig()
     routing: RoutingConfig = RoutingConfig()
     review: ReviewConfig = ReviewConfig()
     kie: KieConfig = KieConfig()

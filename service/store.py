@@ -11,6 +11,7 @@ JSON of :meth:`service.review.routing.Decision.to_dict`). The database runs in W
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
 import threading
 from dataclasses import dataclass
@@ -74,6 +75,7 @@ class Job:
     attempts: int = 0
     created_at: str = ""
     updated_at: str = ""
+    claimed_by: int | None = None  # pid of the process whose worker last claimed the job
 
     @classmethod
     def from_row(cls, row: dict[str, Any]) -> "Job":
@@ -171,6 +173,12 @@ def _migration_6(db: sqlite_utils.Database) -> None:
     db["documents"].add_column("routing", str)
 
 
+def _migration_7(db: sqlite_utils.Database) -> None:
+    # Which process claimed a job (its pid), so that the daemon can requeue exactly the job of a
+    # worker process that died (daemon.workers > 1).
+    db["jobs"].add_column("claimed_by", int)
+
+
 # Append-only: a migration, once released, is never edited; add a new one instead.
 MIGRATIONS: list[tuple[str, Callable[[sqlite_utils.Database], None]]] = [
     ("0001_jobs_documents_pages_segments", _migration_1),
@@ -179,6 +187,7 @@ MIGRATIONS: list[tuple[str, Callable[[sqlite_utils.Database], None]]] = [
     ("0004_learning_runs", _migration_4),
     ("0005_reviewer_accounts", _migration_5),
     ("0006_routing_decision", _migration_6),
+    ("0007_job_claims", _migration_7),
 ]
 
 
@@ -217,6 +226,29 @@ class Store:
         self.db.conn.close()
 
     @contextmanager
+    def _write(self) -> Iterator[sqlite_utils.Database]:
+        """One write transaction that takes SQLite's write lock at ``BEGIN IMMEDIATE``.
+
+        Several processes (the daemon's workers, the review app) write to the database. A deferred
+        transaction that reads and then writes fails at once with "database is locked" when another
+        connection committed in between (WAL gives it a stale snapshot, and ``busy_timeout`` does not
+        apply); taking the lock first makes it wait its turn instead. Nested calls use savepoints.
+        """
+        with self._lock:
+            if self.db.conn.in_transaction:
+                with self.db.atomic():
+                    yield self.db
+                return
+            self.db.conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield self.db
+            except BaseException:
+                if self.db.conn.in_transaction:
+                    self.db.conn.execute("ROLLBACK")
+                raise
+            self.db.conn.execute("COMMIT")
+
+    @contextmanager
     def transaction(self) -> Iterator[sqlite_utils.Database]:
         """Exclusive use of the connection inside one transaction (nested calls use savepoints)."""
         with self._lock, self.db.atomic():
@@ -242,7 +274,7 @@ class Store:
         ``duplicate_path(job_id)`` names where a duplicate will be kept; it is stored in the same
         transaction so the record never lacks it.
         """
-        with self._lock, self.db.atomic():
+        with self._write():
             placeholders = ",".join("?" for _ in DEDUP_STATES)
             original = next(self.db["jobs"].rows_where(
                 f"sha256 = ? AND state IN ({placeholders})", [sha256, *DEDUP_STATES],
@@ -268,7 +300,7 @@ class Store:
         ``final_path(job_id)`` names where the entry is kept in quarantine.
         """
         now = utc_now()
-        with self._lock, self.db.atomic():
+        with self._write():
             job_id = self.db["jobs"].insert({
                 "source_path": str(source), "source_name": source.name, "sha256": "", "size": 0,
                 "state": FAILED, "reason_code": reason.value, "reason": message, "created_at": now,
@@ -286,33 +318,42 @@ class Store:
 
     def claim_next(self, work_path_for: Callable[[Job], Path]) -> Job | None:
         """Take the oldest queued job into ``processing``; returns ``None`` when the queue is empty."""
-        with self._lock, self.db.atomic():
+        with self._write():
             row = next(self.db["jobs"].rows_where("state = ?", [QUEUED], order_by="id", limit=1), None)
             return None if row is None else self.claim(row["id"], work_path_for)
 
     def claim(self, job_id: int, work_path_for: Callable[[Job], Path]) -> Job | None:
         """Take one queued job into ``processing``; ``None`` if it is not queued (any more)."""
-        with self._lock, self.db.atomic():
+        with self._write():
             job = Job.from_row(self.db["jobs"].get(job_id))
             if job.state != QUEUED:
                 return None
             job.work_path = job.work_path or str(work_path_for(job))
             self.db["jobs"].update(job.id, {
                 "state": PROCESSING, "work_path": job.work_path,
-                "attempts": job.attempts + 1, "updated_at": utc_now(),
+                "attempts": job.attempts + 1, "claimed_by": os.getpid(), "updated_at": utc_now(),
             })
             return Job.from_row(self.db["jobs"].get(job.id))
 
     def requeue_interrupted(self) -> int:
         """After a crash, put jobs left in ``processing`` back in the queue; returns how many."""
-        with self._lock, self.db.atomic():
+        with self._write():
             cursor = self.db.execute(
                 "UPDATE jobs SET state = ?, updated_at = ? WHERE state = ?", [QUEUED, utc_now(), PROCESSING])
             return cursor.rowcount
 
+    def requeue_claimed_by(self, pid: int) -> list[Job]:
+        """Put the jobs in ``processing`` that process ``pid`` claimed (a worker that died) back in
+        the queue; returns them as they are now. Their ``attempts`` keep counting."""
+        with self._write():
+            rows = list(self.db["jobs"].rows_where("state = ? AND claimed_by = ?", [PROCESSING, pid], order_by="id"))
+            for row in rows:
+                self.db["jobs"].update(row["id"], {"state": QUEUED, "updated_at": utc_now()})
+            return [Job.from_row(self.db["jobs"].get(row["id"])) for row in rows]
+
     def update_job(self, job_id: int, **fields: Any) -> None:
         """Set fields of a job."""
-        with self._lock, self.db.atomic():
+        with self._write():
             self.db["jobs"].update(job_id, {**fields, "updated_at": utc_now()})
 
     def fail(self, job_id: int, reason: Reason, message: str, final_path: Path | None) -> None:
@@ -336,7 +377,7 @@ class Store:
         ``routing`` is the routing record (:meth:`service.review.routing.Decision.to_dict`), kept as
         JSON in ``documents.routing``.
         """
-        with self._lock, self.db.atomic():
+        with self._write():
             self._delete_document(document.id)
             self.db["documents"].insert({
                 "id": document.id, "job_id": job_id, "source_name": document.source_name,

@@ -11,17 +11,20 @@ import sys
 import time
 from pathlib import Path
 
+import psutil
 import pytest
 import yaml
 
 from service.config import PaperloopConfig
 
-from conftest import wait_for, write_pdf
+from conftest import render_form_page, wait_for, write_pdf
 
 PAPERLOOP = [sys.executable, "-m", "service"]
 
 
-def _config_file(cfg: PaperloopConfig) -> Path:
+def _config_file(cfg: PaperloopConfig, workers: int = 1) -> Path:
+    if workers > 1:  # N worker processes of one thread each, as on this 2-core machine
+        cfg.daemon.workers, cfg.ocr.threads = workers, 1
     path = cfg.paths.resolve("data") / "config.yaml"
     path.write_text(yaml.safe_dump(cfg.model_dump(mode="json")))
     return path
@@ -42,21 +45,41 @@ def _serve(config: Path, log: Path) -> subprocess.Popen:
                             stdout=open(log, "ab"), stderr=subprocess.STDOUT)
 
 
+def _workers(daemon: subprocess.Popen) -> list[psutil.Process]:
+    return [p for p in psutil.Process(daemon.pid).children() if "spawn_main" in " ".join(p.cmdline())]
+
+
+def _gone(process: psutil.Process) -> bool:
+    try:
+        return process.status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
+
+
+def _finished(cfg: PaperloopConfig) -> bool:
+    states = _query(cfg, "SELECT state FROM jobs")
+    return bool(states) and all(s in ("done", "needs_review") for (s,) in states)
+
+
 @pytest.mark.slow
+@pytest.mark.parametrize("workers", [1, 2])
 def test_kill_9_mid_document_loses_nothing_and_processes_once(
-    cfg: PaperloopConfig, funsd_pages: list[Path], tmp_path: Path
+    cfg: PaperloopConfig, funsd_pages: list[Path], tmp_path: Path, workers: int
 ) -> None:
-    config, log = _config_file(cfg), tmp_path / "serve.log"
+    config, log = _config_file(cfg, workers), tmp_path / "serve.log"
     pdf = write_pdf(tmp_path / "three-pages.pdf", funsd_pages)
     daemon = _serve(config, log)
     try:
         shutil.copy(pdf, cfg.paths.resolve("inbox") / "three-pages.pdf")
         wait_for(lambda: _query(cfg, "SELECT state FROM jobs") == [("processing",)], timeout=120)
+        children = _workers(daemon)
+        assert len(children) == (workers if workers > 1 else 0)
         daemon.kill()  # SIGKILL: no chance to clean up
         daemon.wait(timeout=30)
     finally:
         if daemon.poll() is None:
             daemon.kill()
+    wait_for(lambda: all(_gone(p) for p in children), timeout=10, what="workers die with the daemon")
     assert _query(cfg, "SELECT state FROM jobs") == [("processing",)]
 
     restarted = _serve(config, log)
@@ -107,3 +130,92 @@ def test_process_runs_with_no_network_at_all(cfg: PaperloopConfig, funsd_pages: 
                             "import socket; socket.create_connection(('pypi.org', 443), timeout=3)"],
                            capture_output=True, text=True)
     assert probe.returncode != 0
+
+
+def _two_worker_daemon(cfg: PaperloopConfig, tmp_path: Path) -> tuple[subprocess.Popen, Path]:
+    config, log = _config_file(cfg, workers=2), tmp_path / "serve.log"
+    daemon = _serve(config, log)
+    wait_for(lambda: "2 workers ready" in log.read_text(errors="replace"), timeout=180, what="workers ready")
+    return daemon, log
+
+
+def _stop(daemon: subprocess.Popen, log: Path) -> None:
+    daemon.send_signal(signal.SIGTERM)
+    assert daemon.wait(timeout=180) == 0, log.read_text()[-3000:]
+
+
+@pytest.mark.slow
+def test_two_workers_process_a_batch_once_each(cfg: PaperloopConfig, tmp_path: Path) -> None:
+    daemon, log = _two_worker_daemon(cfg, tmp_path)
+    try:
+        worker_pids = {p.pid for p in _workers(daemon)}
+        assert len(worker_pids) == 2
+        for seed in range(6):
+            render_form_page(cfg.paths.resolve("inbox") / f"form-{seed}.png", seed=seed)
+        wait_for(lambda: len(_query(cfg, "SELECT id FROM jobs")) == 6 and _finished(cfg), timeout=300,
+                 what="6 pages processed")
+    finally:
+        if daemon.poll() is None:
+            _stop(daemon, log)
+    jobs = _query(cfg, "SELECT attempts, claimed_by, document_id FROM jobs ORDER BY id")
+    assert [attempts for attempts, _, _ in jobs] == [1] * 6
+    assert {pid for _, pid, _ in jobs} == worker_pids  # both workers took jobs, the main process none
+    assert sorted(doc for _, _, doc in jobs) == [f"doc-{i:06d}" for i in range(1, 7)]
+    assert _query(cfg, "SELECT COUNT(*), COUNT(DISTINCT sha256) FROM documents") == [(6, 6)]
+    assert len(list(cfg.paths.resolve("output").glob("*.json"))) == 6
+    assert len(list(cfg.paths.resolve("archive").iterdir())) == 6
+    assert not any(cfg.paths.resolve("inbox").iterdir())
+
+
+@pytest.mark.slow
+def test_kill_9_of_one_worker_requeues_only_its_job(cfg: PaperloopConfig, pages: list[Path],
+                                                     tmp_path: Path) -> None:
+    first = write_pdf(tmp_path / "first.pdf", pages)
+    second = write_pdf(tmp_path / "second.pdf", [render_form_page(tmp_path / f"p{i}.png", seed=10 + i)
+                                                 for i in range(3)])
+    daemon, log = _two_worker_daemon(cfg, tmp_path)
+    try:
+        shutil.copy(first, cfg.paths.resolve("inbox") / "first.pdf")
+        shutil.copy(second, cfg.paths.resolve("inbox") / "second.pdf")
+        wait_for(lambda: _query(cfg, "SELECT state FROM jobs ORDER BY id") == [("processing",)] * 2,
+                 timeout=120, what="both documents in flight")
+        (victim,), (survivor,) = _query(cfg, "SELECT claimed_by FROM jobs ORDER BY id")
+        assert victim != survivor
+        os.kill(victim, signal.SIGKILL)
+        wait_for(lambda: _finished(cfg) and len(_query(cfg, "SELECT id FROM jobs")) == 2, timeout=300,
+                 what="both documents processed")
+        assert daemon.poll() is None  # the daemon went on
+        replacement = {p.pid for p in _workers(daemon)} - {survivor}
+        assert len(replacement) == 1 and victim not in replacement
+        text = log.read_text(errors="replace")
+        assert f"pid {victim}) died (killed by signal 9); its job(s) requeued: 1 (first.pdf, attempt 1)" in text
+    finally:
+        if daemon.poll() is None:
+            _stop(daemon, log)
+    assert _query(cfg, "SELECT id, attempts FROM jobs ORDER BY id") == [(1, 2), (2, 1)]
+    (redo,), (kept,) = _query(cfg, "SELECT claimed_by FROM jobs ORDER BY id")
+    assert redo != victim and kept == survivor
+    assert _query(cfg, "SELECT COUNT(*) FROM documents") == [(2,)]
+    assert _query(cfg, "SELECT COUNT(*) FROM pages") == [(6,)]
+    assert (cfg.paths.resolve("archive") / "1-first.pdf").read_bytes() == first.read_bytes()
+    assert not any((cfg.paths.resolve("data") / "work").iterdir())
+
+
+@pytest.mark.slow
+def test_sigterm_with_two_workers_finishes_both_documents_in_flight(
+    cfg: PaperloopConfig, pages: list[Path], tmp_path: Path
+) -> None:
+    daemon, log = _two_worker_daemon(cfg, tmp_path)
+    try:
+        write_pdf(cfg.paths.resolve("inbox") / "a.pdf", pages[:2])
+        write_pdf(cfg.paths.resolve("inbox") / "b.pdf", pages[1:])
+        wait_for(lambda: _query(cfg, "SELECT state FROM jobs ORDER BY id") == [("processing",)] * 2,
+                 timeout=120, what="both documents in flight")
+        children = _workers(daemon)
+        _stop(daemon, log)
+    finally:
+        if daemon.poll() is None:
+            daemon.kill()
+    assert all(_gone(p) for p in children)
+    assert _query(cfg, "SELECT state FROM jobs WHERE state NOT IN ('done', 'needs_review')") == []
+    assert _query(cfg, "SELECT COUNT(*), SUM(attempts) FROM jobs") == [(2, 2)]
