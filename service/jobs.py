@@ -23,7 +23,8 @@ from pathlib import Path
 from service.config import PaperloopConfig
 from service.errors import IngestError, Reason
 from service.pipeline import DocumentPipeline
-from service.safe_files import disk_name, entry_problem, hash_regular_file, inside, is_utf8_name, printable_name
+from service.safe_files import (disk_name, entry_problem, hash_regular_file, inside, is_utf8_name, move_entry,
+                                printable_name)
 from service.store import DUPLICATE, FAILED, FINISHED_STATES, QUEUED, Job, Store
 
 log = logging.getLogger(__name__)
@@ -98,12 +99,12 @@ class JobRunner:
         if keep_source:
             path = path.resolve()
         else:
-            path = self._utf8_entry(Path(os.path.abspath(path)))
+            path = self._readable_entry(Path(os.path.abspath(path)))
             if not inside(path, self.inbox):
                 return self._reject(path, IngestError(
                     Reason.SYMLINK, f"{path.name} was reached through a linked folder; never read or moved"))
         try:
-            digest, size = hash_regular_file(path)
+            digest, size = hash_regular_file(path, None if keep_source else self.inbox, self.cfg.ingest.max_file_bytes)
         except IngestError as exc:
             if keep_source:
                 raise
@@ -113,25 +114,29 @@ class JobRunner:
         job = self.store.enqueue(path, digest, size, keep_at)
         if job.state == DUPLICATE:
             if job.final_path:
-                move_file(path, Path(job.final_path))
+                self._move_inbox_entry(path, Path(job.final_path))
             log.info("%s is a duplicate of job %s; not processed again", path.name, job.duplicate_of)
         else:
             log.info("queued %s as job %s", path.name, job.id)
         return job
 
-    def _utf8_entry(self, path: Path) -> Path:
-        """A name that is not valid UTF-8 cannot be stored or written to JSON: rename the entry (in
-        its own folder, without following it) to a readable name first."""
-        if is_utf8_name(path):
-            return path
-        readable = path.with_name(printable_name(path.name))
-        for n in range(1, 1000):
-            if not os.path.lexists(readable):
-                break
-            readable = path.with_name(f"{n}-{printable_name(path.name)}")
-        os.rename(path, readable)
-        log.warning("renamed %r to %s (its name was not UTF-8)", path.name, readable.name)
-        return readable
+    def _readable_entry(self, path: Path) -> Path:
+        """A path that is not valid UTF-8 cannot be stored or written to JSON: rename each folder or
+        file on the way whose name is not (in its own folder, without following links) first."""
+        for depth in range(len(path.relative_to(self.inbox).parts)):
+            relative = path.relative_to(self.inbox).parts
+            if is_utf8_name(Path(relative[depth])):
+                continue
+            entry = self.inbox.joinpath(*relative[:depth + 1])
+            readable = _free_name(entry.parent, printable_name(entry.name, 200))
+            move_entry(self.inbox, entry, readable)
+            log.warning("renamed %r to %s (its name was not UTF-8)", entry.name, readable.name)
+            path = readable.joinpath(*relative[depth + 1:])
+        return path
+
+    def _move_inbox_entry(self, entry: Path, target: Path) -> None:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        move_entry(self.inbox, entry, target)
 
     def _reject(self, path: Path, problem: IngestError) -> Job:
         job = self.store.record_rejected(path, problem.reason, problem.message,
@@ -168,11 +173,11 @@ class JobRunner:
         if not os.path.lexists(source):
             raise IngestError(Reason.FILE_MISSING, f"{source.name} was removed before it could be processed")
         work.parent.mkdir(parents=True, exist_ok=True)
-        if keep_source or not inside(source, self.inbox):
-            shutil.copy2(source, work)
+        if keep_source or not _lexically_under(source, self.inbox):
+            shutil.copy2(source, work)  # the user's own file (`paperloop process`): copied, never moved
         else:
             try:
-                move_file(source, work)
+                move_entry(self.inbox, source, work)  # raises `symlink` if a folder on the way became a link
             except OSError:
                 self.remember_unmovable(source)
                 raise
@@ -232,7 +237,10 @@ class JobRunner:
             log.error("job %s: %s is not in the inbox; left where it is", job.id, entry)
             return
         try:
-            move_file(entry, Path(job.final_path or ""))
+            if _lexically_under(entry, self.inbox):
+                self._move_inbox_entry(entry, Path(job.final_path or ""))
+            else:
+                move_file(entry, Path(job.final_path or ""))
         except OSError as exc:
             if inside(entry, self.inbox):
                 self.remember_unmovable(entry)
@@ -275,11 +283,15 @@ class JobRunner:
         pending = Path(job.source_path) if job.state == DUPLICATE else Path(job.work_path or "")
         if not os.path.lexists(pending):
             return
-        if job.state == DUPLICATE and hash_regular_file(pending)[0] != job.sha256:
+        in_inbox = _lexically_under(pending, self.inbox)
+        if job.state == DUPLICATE and hash_regular_file(pending, self.inbox if in_inbox else None)[0] != job.sha256:
             return
         if job.state == FAILED:
             self._write_reason_note(job)
-        move_file(pending, Path(job.final_path))
+        if in_inbox:
+            self._move_inbox_entry(pending, Path(job.final_path))
+        else:
+            move_file(pending, Path(job.final_path))
         log.info("completed the interrupted move of job %s to %s", job.id, job.final_path)
 
 
@@ -295,6 +307,20 @@ def _raise_unless_regular(path: Path) -> None:
     problem = entry_problem(path)
     if problem is not None:
         raise problem
+
+
+def _lexically_under(path: Path, folder: Path) -> bool:
+    return Path(os.path.abspath(path)).is_relative_to(folder)
+
+
+def _free_name(folder: Path, name: str) -> Path:
+    """``folder / name``, or ``<n>-name`` when that is taken (bounded in bytes like any name we write)."""
+    candidate = folder / name
+    for n in range(1, 1000):
+        if not os.path.lexists(candidate):
+            break
+        candidate = folder / disk_name(n, name)
+    return candidate
 
 
 def _remove_quietly(path: Path) -> None:

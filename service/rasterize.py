@@ -6,6 +6,7 @@ before decoding (size, page count, pixel count) is made first, so a hostile file
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -145,8 +146,9 @@ def probe(path: Path, cfg: IngestConfig) -> SourceInfo:
 
 def _pdf_page(path: Path, number: int, cfg: IngestConfig) -> Image.Image:
     try:
+        # The crop box: what a viewer shows, and what pdfinfo's page size (checked by probe) measures.
         images = convert_from_path(str(path), dpi=cfg.dpi, first_page=number, last_page=number,
-                                   thread_count=1, timeout=_POPPLER_TIMEOUT_S)
+                                   thread_count=1, timeout=_POPPLER_TIMEOUT_S, use_cropbox=True)
     except (PDFPageCountError, PDFPopplerTimeoutError) as exc:
         raise IngestError(Reason.PDF_DAMAGED, f"{path.name} page {number} cannot be rasterized: {exc}") from exc
     if not images:
@@ -179,7 +181,10 @@ def _grey_to_8_bit(samples: np.ndarray) -> np.ndarray:
     if peak <= 1.0 and samples.dtype.kind == "f":
         values = values * 255.0  # float images in [0, 1]
     elif peak > 255.0:
-        values = values / 257.0  # 16-bit samples (0..65535)
+        # Samples of 9 to 16 bits (a 12-bit scanner writes 0..4095 into a 16-bit file): scale the
+        # smallest bit depth that holds the peak to 0..255, as an 8-bit copy of the scan would be.
+        bits = min(32, math.ceil(math.log2(peak + 1)))
+        values = values * (255.0 / (2.0 ** bits - 1.0))
     return np.clip(np.rint(values), 0, 255).astype(np.uint8)
 
 

@@ -27,11 +27,12 @@ def utf8_bytes_cut(text: str, limit: int) -> str:
     return text.encode("utf-8")[:max(limit, 0)].decode("utf-8", errors="ignore")
 
 
-def printable_name(name: str) -> str:
+def printable_name(name: str, max_bytes: int | None = None) -> str:
     """A file name as people and JSON can read it: undecodable bytes and control characters
-    (newlines, tabs, escapes) become ``_``; path separators cannot occur in a name."""
-    cleaned = "".join(ch if ch.isprintable() and not 0xD800 <= ord(ch) <= 0xDFFF else "_" for ch in name)
-    return cleaned.strip() or "file"
+    (newlines, tabs, escapes) become ``_``, cut to ``max_bytes`` of UTF-8 if given; path separators
+    cannot occur in a name."""
+    cleaned = "".join(ch if ch.isprintable() and not 0xD800 <= ord(ch) <= 0xDFFF else "_" for ch in name).strip()
+    return (utf8_bytes_cut(cleaned, max_bytes) if max_bytes is not None else cleaned) or "file"
 
 
 def disk_name(job_id: int, name: str) -> str:
@@ -84,14 +85,77 @@ def _kind_of(mode: int) -> str:
     return "a special file"
 
 
-def open_regular_file(path: Path) -> int:
+def open_folder(root: Path, folder: Path) -> int:
+    """A descriptor of ``folder`` (``root`` or below it), opened one component at a time from
+    ``root`` without following links, so a folder swapped for a link is never entered.
+
+    Raises :class:`IngestError` (``symlink``) when a component is a link or not a folder.
+    """
+    relative = Path(os.path.abspath(folder)).relative_to(root)
+    fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        for part in relative.parts:
+            try:
+                inner = os.open(part, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=fd)
+            except OSError as exc:
+                if exc.errno in (errno.ELOOP, errno.ENOTDIR):
+                    raise IngestError(Reason.SYMLINK, f"the folder {part!r} on the way to it is a symbolic link or "
+                                                      "no folder; links are never followed") from exc
+                raise
+            os.close(fd)
+            fd = inner
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def move_entry(root: Path, source: Path, target: Path) -> None:
+    """Move the entry ``source`` (under ``root``) to ``target`` as it is: a link moves as a link,
+    and no folder on the way is followed. Works across file systems for files and links."""
+    parent = open_folder(root, source.parent)
+    try:
+        try:
+            os.rename(source.name, target, src_dir_fd=parent)
+        except OSError as exc:
+            if exc.errno != errno.EXDEV:
+                raise
+            _copy_entry(parent, source.name, target)
+            os.unlink(source.name, dir_fd=parent)
+    finally:
+        os.close(parent)
+
+
+def _copy_entry(parent: int, name: str, target: Path) -> None:
+    mode = os.stat(name, dir_fd=parent, follow_symlinks=False).st_mode
+    if stat.S_ISLNK(mode):
+        os.symlink(os.readlink(name, dir_fd=parent), target)
+        return
+    fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=parent)
+    with os.fdopen(fd, "rb") as source, open(target, "wb") as copy:
+        if not stat.S_ISREG(os.fstat(source.fileno()).st_mode):
+            raise IngestError(Reason.NOT_A_FILE, f"{name} is not a regular file; only files are processed")
+        while chunk := source.read(1 << 20):
+            copy.write(chunk)
+
+
+def open_regular_file(path: Path, root: Path | None = None) -> int:
     """Open a regular file for reading without following a link or blocking on a FIFO.
 
-    Returns the descriptor; raises :class:`IngestError` (``symlink`` / ``not_a_file``) when the
-    entry is something else, ``FileNotFoundError`` when it is gone.
+    With ``root`` (the inbox), the folders from ``root`` down are not followed either. Returns the
+    descriptor; raises :class:`IngestError` (``symlink`` / ``not_a_file``) when the entry is
+    something else, ``FileNotFoundError`` when it is gone.
     """
+    flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+        if root is None:
+            fd = os.open(path, flags)
+        else:
+            parent = open_folder(root, path.parent)
+            try:
+                fd = os.open(path.name, flags, dir_fd=parent)
+            finally:
+                os.close(parent)
     except OSError as exc:
         if exc.errno == errno.ELOOP:
             raise entry_problem(path) or exc from exc
@@ -102,12 +166,16 @@ def open_regular_file(path: Path) -> int:
     return fd
 
 
-def hash_regular_file(path: Path) -> tuple[str, int]:
-    """(SHA-256, size) of a regular file, read through a descriptor opened without following links."""
-    fd = open_regular_file(path)
+def hash_regular_file(path: Path, root: Path | None = None, max_bytes: int | None = None) -> tuple[str, int]:
+    """(SHA-256, size) of a regular file, read through a descriptor opened without following links
+    (see :func:`open_regular_file`). A file over ``max_bytes`` is refused (``file_too_large``)
+    before a byte of it is read."""
+    fd = open_regular_file(path, root)
     digest = hashlib.sha256()
     with os.fdopen(fd, "rb") as handle:
         size = os.fstat(handle.fileno()).st_size
+        if max_bytes is not None and size > max_bytes:
+            raise IngestError(Reason.FILE_TOO_LARGE, f"{path.name} is {size:,} bytes; the limit is {max_bytes:,}")
         for chunk in iter(lambda: handle.read(1 << 20), b""):
             digest.update(chunk)
     return digest.hexdigest(), size

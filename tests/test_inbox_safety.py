@@ -108,6 +108,79 @@ def test_a_file_behind_a_linked_folder_is_never_read_or_moved(
     assert not any(cfg.paths.resolve("quarantine").glob("*.png"))
 
 
+def test_a_folder_swapped_for_a_link_after_its_file_was_queued_is_never_entered(
+    cfg: PaperloopConfig, tmp_path: Path, pages: list[Path], ocr_engine: OcrEngine
+) -> None:
+    inbox = cfg.paths.resolve("inbox")
+    (inbox / "racedir").mkdir()
+    shutil.copy(pages[0], inbox / "racedir" / "race.png")
+    runner = _runner(cfg, ocr_engine)
+    job = runner.enqueue(inbox / "racedir" / "race.png")
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    shutil.copy(pages[1], outside / "race.png")
+    (inbox / "racedir").rename(tmp_path / "moved-away")
+    (inbox / "racedir").symlink_to(outside, target_is_directory=True)  # swapped before the take
+
+    outcome = runner.process_job(job.id)
+
+    assert (outcome.job.state, outcome.job.reason_code) == (FAILED, Reason.SYMLINK.value)
+    assert (outside / "race.png").read_bytes() == pages[1].read_bytes(), "the outside file was moved"
+    assert runner.store.db["documents"].count == 0, "the outside file was read as a document"
+
+
+def test_a_folder_name_that_is_not_utf8_is_renamed_and_its_file_queued(cfg: PaperloopConfig, page_path: Path) -> None:
+    inbox = cfg.paths.resolve("inbox")
+    folder = os.fsencode(inbox) + b"/dir\xff"
+    os.mkdir(folder)
+    with open(folder + b"/scan.png", "wb") as handle:
+        handle.write(page_path.read_bytes())
+    store = Store(cfg.paths.database)
+    daemon = Daemon(cfg, store, JobRunner(cfg, store))
+
+    daemon.scan()
+    time.sleep(cfg.watcher.quiet_seconds + 0.1)
+    daemon.tracker.ready()  # first look records size and mtime
+    time.sleep(cfg.watcher.quiet_seconds + 0.1)
+    assert daemon.enqueue_ready() == 1
+
+    [job] = store.jobs()
+    assert job.state == QUEUED and job.source_path == str(inbox / "dir_" / "scan.png")
+    assert Path(job.source_path).read_bytes() == page_path.read_bytes()
+
+
+def test_a_file_over_the_size_limit_is_refused_before_it_is_read(cfg: PaperloopConfig) -> None:
+    cfg.ingest.max_file_bytes = 10_000_000
+    huge = cfg.paths.resolve("inbox") / "huge.pdf"
+    with open(huge, "wb") as handle:
+        handle.truncate(64 * 2**30)  # 64 GiB, sparse: hashing it would take minutes
+    started = time.monotonic()
+
+    job = _runner(cfg).enqueue(huge)
+
+    assert (job.state, job.reason_code) == (FAILED, Reason.FILE_TOO_LARGE.value)
+    assert time.monotonic() - started < 5
+    assert Path(job.final_path).exists() and not huge.exists()
+
+
+def test_a_pdf_is_rasterized_at_the_crop_box_its_page_size_was_checked_with(
+    cfg: PaperloopConfig, tmp_path: Path
+) -> None:
+    import pypdf
+    from pypdf.generic import RectangleObject
+
+    writer = pypdf.PdfWriter()
+    page = writer.add_blank_page(width=3000, height=3000)  # MediaBox: 3000 pt square
+    page.cropbox = RectangleObject([0, 0, 300, 300])  # what a viewer shows, and what pdfinfo reports
+    path = tmp_path / "crop.pdf"
+    writer.write(path)
+    cfg.ingest.dpi = 100
+
+    [image] = list(iter_pages(path, probe(path, cfg.ingest), cfg.ingest))
+
+    assert image.size == (417, 417)  # 300 pt at 100 dpi, not the 3000 pt media box (4167 px)
+
+
 # -- names --------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("name", ["x" * 251 + ".pdf", "é" * 127, "ü" * 120 + ".ñame", "a\nb\tc.png", "report.pdf"])
@@ -265,6 +338,7 @@ MODE_VARIANTS = {
     "RGBA PNG, transparent paper": lambda g, d: _save_pil(_with_transparent_paper(g, "RGBA"), d / "rgba.png"),
     "P PNG with a transparent colour": lambda g, d: _save_pil(_palette_with_transparent_paper(g), d / "p.png",
                                                               transparency=255),
+    "12-bit grey in a 16-bit PNG": lambda g, d: _save_pil(Image.fromarray(g.astype(np.uint16) * 16), d / "g12.png"),
     "CMYK TIFF": lambda g, d: _save_pil(Image.fromarray(g).convert("CMYK"), d / "cmyk.tif"),
     "CMYK JPEG": lambda g, d: _save_pil(Image.fromarray(g).convert("CMYK"), d / "cmyk.jpg", quality=95),
 }
