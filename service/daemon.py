@@ -1,6 +1,7 @@
 """The daemon: watch the inbox, enqueue complete files, process the queue.
 
-The watcher only detects files and enqueues them; a separate worker thread processes jobs. A file
+The watcher only detects files and enqueues them; a separate worker thread processes jobs, or with
+``daemon.workers`` > 1 that many worker processes (:mod:`service.workers`). A file
 is taken once its size and mtime have not changed for ``quiet_seconds``. A scan at start-up and a
 periodic rescan catch anything the file-system events missed.
 """
@@ -25,6 +26,7 @@ from service.config import PaperloopConfig, WatcherConfig
 from service.jobs import JobRunner
 from service.safe_files import inside, walk_entries
 from service.store import Store
+from service.workers import WorkerPool
 
 log = logging.getLogger(__name__)
 
@@ -109,6 +111,8 @@ class Daemon:
         self.stop_event = threading.Event()
         self._work_available = threading.Event()
         self._worker: threading.Thread | None = None
+        self.workers = cfg.daemon.resolved_workers(cfg.ocr.threads)
+        self.pool: WorkerPool | None = None
 
     def notice(self, path: Path) -> None:
         """A file-system event or a scan saw ``path``.
@@ -182,10 +186,15 @@ class Daemon:
                 self._work_available.clear()
 
     def start(self) -> None:
-        """Recover from a crash, scan the inbox and start the worker thread."""
+        """Recover from a crash, scan the inbox and start the worker thread (or processes)."""
         for folder in ("inbox", "archive", "quarantine", "output"):
             self.cfg.paths.resolve(folder).mkdir(parents=True, exist_ok=True)
-        self.runner.recover()
+        self.runner.recover()  # once, here, before any worker claims a job
+        if self.workers > 1:
+            self.pool = WorkerPool(self.cfg, self.runner, self.workers)
+            self.pool.start()
+            self.scan()
+            return
         loaded, errors = threading.Event(), []
         self._worker = threading.Thread(target=self._work_loop, args=(loaded, errors),
                                         name="paperloop-worker", daemon=True)
@@ -208,6 +217,8 @@ class Daemon:
         last_scan = time.monotonic()
         try:
             while not self.stop_event.is_set():
+                if self.pool is not None:
+                    self.pool.check()
                 self.enqueue_ready()
                 if time.monotonic() - last_scan >= self.watcher_cfg.rescan_interval_seconds:
                     self.scan()
@@ -225,6 +236,8 @@ class Daemon:
         self._work_available.set()
         if self._worker is not None:
             self._worker.join()
+        if self.pool is not None:
+            self.pool.stop()
         log.info("stopped")
 
     def _install_signal_handlers(self) -> None:
