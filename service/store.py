@@ -250,9 +250,10 @@ class Store:
 
     @contextmanager
     def transaction(self) -> Iterator[sqlite_utils.Database]:
-        """Exclusive use of the connection inside one transaction (nested calls use savepoints)."""
-        with self._lock, self.db.atomic():
-            yield self.db
+        """Exclusive use of the connection inside one write transaction (see :meth:`_write`; nested
+        calls use savepoints)."""
+        with self._write() as db:
+            yield db
 
     # -- jobs -------------------------------------------------------------------------------
 

@@ -74,6 +74,41 @@ def test_concurrent_claims_from_several_connections_take_each_job_once(tmp_path:
     assert main.counts()["done"] == 60
 
 
+def test_review_transactions_and_worker_claims_share_the_database_without_locking_errors(tmp_path: Path) -> None:
+    """The review app's read-then-write transactions run beside the workers' claims."""
+    database = tmp_path / "paperloop.db"
+    main = Store(database)
+    for i in range(40):
+        main.enqueue(tmp_path / f"f{i}.png", f"{i:064x}", 1)
+    errors: list[BaseException] = []
+
+    def claims() -> None:
+        store = Store(database)
+        try:
+            while (job := store.claim_next(lambda j: tmp_path / f"work-{j.id}")) is not None:
+                store.update_job(job.id, state="done")
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    def reviews() -> None:
+        store = Store(database)
+        try:
+            for _ in range(40):
+                with store.transaction() as db:
+                    count = db.execute("SELECT COUNT(*) FROM jobs WHERE state = 'done'").fetchone()[0]
+                    db.execute("UPDATE jobs SET reason = ? WHERE id = 1", [f"seen {count}"])
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=t) for t in (claims, claims, reviews, reviews)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == []
+    assert main.counts()["done"] == 40
+
+
 def test_a_claim_records_the_claiming_process(tmp_path: Path) -> None:
     store = Store(tmp_path / "paperloop.db")
     job = store.enqueue(tmp_path / "a.png", "a" * 64, 1)
