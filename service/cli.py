@@ -241,6 +241,10 @@ from service.cli_kie import evaluate, train  # noqa: E402
 cli.add_command(train)
 cli.add_command(evaluate)
 
+from service.cli_batch import batch  # noqa: E402
+
+cli.add_command(batch)
+
 
 def main() -> None:
     """Console-script entry point."""

@@ -22,7 +22,8 @@ from pathlib import Path
 
 from service.config import PaperloopConfig
 from service.errors import IngestError, Reason
-from service.pipeline import DocumentPipeline
+from service.document import Document
+from service.pipeline import DocumentPipeline, Routing
 from service.safe_files import (disk_name, entry_problem, hash_regular_file, inside, is_utf8_name, move_entry,
                                 printable_name)
 from service.store import DUPLICATE, FAILED, FINISHED_STATES, QUEUED, Job, Store
@@ -155,8 +156,16 @@ class JobRunner:
 
     def process_job(self, job_id: int, keep_source: bool = False) -> Outcome | None:
         """Process one queued job now; ``None`` if another worker already took it."""
-        job = self.store.claim(job_id, self._work_path)
+        job = self.claim(job_id)
         return None if job is None else self._process(job, keep_source)
+
+    def claim(self, job_id: int) -> Job | None:
+        """Claim one queued job (``processing``, with its work path); ``None`` if another worker took it."""
+        return self.store.claim(job_id, self._work_path)
+
+    def take(self, job: Job, keep_source: bool) -> Path:
+        """Public name of :meth:`_take`, for processes that run the pipeline elsewhere (``paperloop batch``)."""
+        return self._take(job, keep_source)
 
     def _take(self, job: Job, keep_source: bool) -> Path:
         """Bring the job's file into the work folder (again, after a crash, if need be).
@@ -198,6 +207,19 @@ class JobRunner:
             work = self._take(job, keep_source)
             document = self.pipeline.process_file(work, document_id_for(job), job.sha256, job.source_name)
             routing = self.pipeline.route(document)
+        except Exception as exc:  # noqa: BLE001 - one failure path: any error quarantines the file
+            return self.fail(job, exc, keep_source)
+        return self.finish(job, work, document, routing, keep_source)
+
+    def finish(self, job: Job, work: Path, document: Document, routing: Routing,
+               keep_source: bool = False) -> Outcome:
+        """Complete a claimed job whose file (in ``work``) became ``document``: the JSON, then the
+        result in SQLite, then the file to ``archive/``. A failure up to the commit quarantines it.
+
+        The daemon's worker calls it after its own pipeline; ``paperloop batch`` with a document that
+        a Ray actor's pipeline returned.
+        """
+        try:
             json_path = self.output / f"{document.id}.json"
             write_json_atomic(json_path, {**document.to_dict(), "key_values": document.key_values(),
                                           "state": routing.state, "review_reason": routing.reason,
@@ -205,15 +227,20 @@ class JobRunner:
             target = self.archive / disk_name(job.id, job.source_name)
             self.store.save_result(job.id, document, routing.state, routing.reason, json_path, target,
                                    routing=routing.record)
-        except IngestError as exc:
-            return self._quarantine(job, exc.reason, exc.message, keep_source)
         except Exception as exc:  # noqa: BLE001 - one failure path: any error quarantines the file
-            log.exception("processing %s failed", job.source_name)
-            return self._quarantine(job, Reason.PROCESSING_ERROR, f"{type(exc).__name__}: {exc}", keep_source)
+            return self.fail(job, exc, keep_source)
         # The result is committed: a move that fails now is completed by recover() at the next start.
         _move_or_log(work, target, job)
         log.info("job %s %s: %s → %s", job.id, routing.state, job.source_name, json_path)
         return Outcome(self.store.job(job.id), json_path)
+
+    def fail(self, job: Job, error: Exception, keep_source: bool = False) -> Outcome:
+        """Quarantine a claimed job for ``error``: an :class:`IngestError` with its coded reason,
+        anything else as ``processing_error`` (logged with its traceback)."""
+        if isinstance(error, IngestError):
+            return self._quarantine(job, error.reason, error.message, keep_source)
+        log.error("processing %s failed", job.source_name, exc_info=error)
+        return self._quarantine(job, Reason.PROCESSING_ERROR, f"{type(error).__name__}: {error}", keep_source)
 
     def _quarantine(self, job: Job, reason: Reason, message: str, keep_source: bool = False) -> Outcome:
         target = self.quarantine / disk_name(job.id, job.source_name)

@@ -1,0 +1,216 @@
+"""Throughput of the daemon (1 worker × 2 threads, 2 workers × 1 thread) and of ``paperloop batch`` on a
+local Ray instance with 2 CPUs, on the 50 FUNSD test pages, in one run.
+
+Each setting runs as its own child process (``paperloop serve`` on a fresh root whose inbox holds the
+pages, or ``paperloop batch`` on a folder of them) against the same model registry. From the jobs'
+finish times in SQLite:
+
+- pages/min: ``(N - 1) / (last finish - first finish)``, the steady rate once the first page is out;
+- start-up: launch to the first finished page, less one page at the steady rate (models, Ray, actors);
+- wall: launch to the last page, start-up included;
+- peak RSS: the largest resident set of one process, and of the whole process tree (sampled every 0.2 s).
+
+The ``daemon.workers`` settings are measured only where the config has that key (parallel workers,
+issue 14 part 1). Run it niced: ``nice .venv/bin/python bench/scale.py``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import psutil
+import yaml
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench.common import machine_info, utc_date, versions, write_results  # noqa: E402
+from service.config import DaemonConfig  # noqa: E402
+from service.store import FINISHED_STATES, Store  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+PAGES = REPO.parent / "shared" / "datasets" / "funsd" / "dataset" / "testing_data" / "images"
+PAPERLOOP = REPO / ".venv" / "bin" / "paperloop"
+
+
+def _config(root: Path, models: Path, workers: int | None, threads: int) -> Path:
+    data: dict[str, Any] = {
+        "paths": {"root": str(root), "models": str(models)},
+        "ocr": {"threads": threads},
+        "learning": {"enabled": False},
+        "watcher": {"quiet_seconds": 0.2},
+    }
+    if workers is not None:
+        data["daemon"] = {"workers": workers}
+    path = root / "config.yaml"
+    path.write_text(yaml.safe_dump(data), encoding="utf-8")
+    return path
+
+
+def _finish_times(database: Path) -> list[float]:
+    if not database.exists():
+        return []
+    store = Store(database)
+    try:
+        return sorted(datetime.fromisoformat(job.updated_at).timestamp() for job in store.jobs()
+                      if job.state in FINISHED_STATES)
+    finally:
+        store.close()
+
+
+def _tree_rss(proc: psutil.Process) -> tuple[int, int]:
+    """(largest single RSS, sum of RSS) over ``proc`` and its descendants, in bytes."""
+    rss = []
+    for p in [proc, *proc.children(recursive=True)]:
+        try:
+            rss.append(p.memory_info().rss)
+        except psutil.Error:
+            pass
+    return (max(rss, default=0), sum(rss))
+
+
+def run_setting(name: str, command: list[str], root: Path, count: int, timeout: float) -> dict[str, Any]:
+    database = root / "data" / "paperloop.db"
+    log = (root / "run.log").open("w")
+    launched = time.time()
+    child = subprocess.Popen(command, cwd=root, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    proc = psutil.Process(child.pid)
+    peak_one = peak_all = 0
+    processes = 0
+    finished: list[float] = []
+    try:
+        while time.time() - launched < timeout:
+            one, total = _tree_rss(proc)
+            peak_one, peak_all = max(peak_one, one), max(peak_all, total)
+            try:
+                processes = max(processes, 1 + len(proc.children(recursive=True)))
+            except psutil.Error:
+                pass
+            if child.poll() is not None:
+                break
+            finished = _finish_times(database)
+            if len(finished) >= count and name.startswith("daemon"):
+                break
+            time.sleep(0.2)
+    finally:
+        if child.poll() is None:
+            os.killpg(child.pid, signal.SIGTERM)
+            try:
+                child.wait(60)
+            except subprocess.TimeoutExpired:
+                os.killpg(child.pid, signal.SIGKILL)
+                child.wait()
+        log.close()
+    finished = _finish_times(database)
+    if len(finished) < count:
+        raise RuntimeError(f"{name}: {len(finished)} of {count} pages finished; see {root / 'run.log'}")
+    steady = (count - 1) / (finished[-1] - finished[0]) * 60
+    gaps = [b - a for a, b in zip(finished, finished[1:])]
+    startup = finished[0] - launched - 60 / steady
+    return {
+        "setting": name,
+        "pages": count,
+        "pages_per_minute": round(steady, 1),
+        "wall_pages_per_minute": round(count / (finished[-1] - launched) * 60, 1),
+        "wall_seconds": round(finished[-1] - launched, 1),
+        "startup_seconds": round(startup, 1),
+        "median_gap_seconds": round(statistics.median(gaps), 3),
+        "peak_rss_mib_one_process": round(peak_one / 2**20),
+        "peak_rss_mib_all_processes": round(peak_all / 2**20),
+        "processes": processes,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--pages", type=Path, default=PAGES)
+    parser.add_argument("--limit", type=int, default=50)
+    parser.add_argument("--models", type=Path, default=REPO / "models")
+    parser.add_argument("--out", type=Path, default=REPO / "bench" / "results")
+    parser.add_argument("--timeout", type=float, default=900)
+    args = parser.parse_args()
+
+    pages = sorted(args.pages.glob("*.png"))[:args.limit]
+    has_workers = "workers" in DaemonConfig.model_fields
+    settings: list[tuple[str, int | None, int, str]] = [("daemon, 1 worker x 2 threads", 1 if has_workers else None, 2,
+                                                         "serve")]
+    if has_workers:
+        settings.append(("daemon, 2 workers x 1 thread", 2, 1, "serve"))
+    settings.append(("batch, local Ray 2 CPUs (2 actors x 1 thread)", None, 1, "batch"))
+
+    load_start = [round(v, 2) for v in os.getloadavg()]
+    rows = []
+    for name, workers, threads, mode in settings:
+        root = Path(tempfile.mkdtemp(prefix="paperloop-scale-"))
+        try:
+            config = _config(root, args.models.resolve(), workers, threads)
+            folder = root / ("inbox" if mode == "serve" else "backlog")
+            folder.mkdir(parents=True)
+            for page in pages:
+                shutil.copy2(page, folder / page.name)
+            command = [str(PAPERLOOP), "--config", str(config), "serve"] if mode == "serve" else [
+                str(PAPERLOOP), "--config", str(config), "batch", str(folder), "--num-cpus", "2", "--no-progress"]
+            print(f"{name} ...", file=sys.stderr, flush=True)
+            rows.append(run_setting(name, command, root, len(pages), args.timeout))
+            print(rows[-1], file=sys.stderr, flush=True)
+        finally:
+            shutil.rmtree(root, ignore_errors=True)
+    load_end = [round(v, 2) for v in os.getloadavg()]
+
+    by = {row["setting"]: row for row in rows}
+    one = next(r for r in rows if r["setting"].startswith("daemon, 1"))
+    two = next((r for r in rows if r["setting"].startswith("daemon, 2")), None)
+    ray = next(r for r in rows if r["setting"].startswith("batch"))
+    line = (f"pages/min: 1 worker {one['pages_per_minute']}, "
+            f"2 workers {two['pages_per_minute'] if two else 'n/a (daemon.workers not in this version)'}, "
+            f"ray {ray['pages_per_minute']}")
+    machine = machine_info()
+    report = {"date": utc_date(), "machine": machine, "versions": {**versions(), "ray": _ray_version()},
+              "pages": [p.name for p in pages], "models": str(args.models), "load_average_start": load_start,
+              "load_average_end": load_end, "results": rows, "summary": line}
+    columns = ["pages_per_minute", "wall_pages_per_minute", "wall_seconds", "startup_seconds", "median_gap_seconds",
+               "peak_rss_mib_one_process", "peak_rss_mib_all_processes", "processes"]
+    table = ["| setting | " + " | ".join(columns) + " |", "|---" * (len(columns) + 1) + "|"]
+    table += [f"| {name} | " + " | ".join(str(by[name][c]) for c in columns) + " |" for name in by]
+    page = "\n".join([
+        "# Scale benchmark: daemon workers and `paperloop batch` on Ray (50 FUNSD test pages)",
+        "",
+        f"- date: {report['date']}",
+        f"- machine: {machine['cpu_model']}, {machine['logical_cores']} logical cores "
+        f"({machine['usable_cores']} usable), {machine['ram_gib']} GiB RAM, {machine['platform']}",
+        f"- load average at start / end: {load_start} / {load_end} (the machine is shared: timings may be "
+        "disturbed by concurrent load)",
+        "- versions: " + ", ".join(f"{k} {v}" for k, v in report["versions"].items()),
+        f"- pages: {len(pages)} FUNSD test pages; models: {args.models} (det, rec, and SER / RE where in service)",
+        "- each setting is a child process on a fresh root (`paperloop serve` with the pages in its inbox, or "
+        "`paperloop batch` on a folder of them); pages/min = (N - 1) / (last finish - first finish) from the jobs' "
+        "finish times; start-up = launch to first finished page less one steady page; peak RSS sampled every 0.2 s "
+        "over the process tree (Ray: driver, GCS, raylet, workers)",
+        "",
+        *table,
+        "",
+        line,
+        "",
+    ])
+    write_results(args.out, "scale", report, page)
+    print(line)
+
+
+def _ray_version() -> str:
+    from importlib import metadata
+
+    return metadata.version("ray")
+
+
+if __name__ == "__main__":
+    main()
