@@ -20,11 +20,13 @@ import argparse
 import os
 import shutil
 import signal
+import sqlite3
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
+from contextlib import closing
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -36,7 +38,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.common import machine_info, utc_date, versions, write_results  # noqa: E402
 from service.config import DaemonConfig  # noqa: E402
-from service.store import FINISHED_STATES, Store  # noqa: E402
+from service.registry import ModelRegistry  # noqa: E402
+from service.store import FINISHED_STATES  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 PAGES = REPO.parent / "shared" / "datasets" / "funsd" / "dataset" / "testing_data" / "images"
@@ -58,14 +61,17 @@ def _config(root: Path, models: Path, workers: int | None, threads: int) -> Path
 
 
 def _finish_times(database: Path) -> list[float]:
+    """Finish times of the finished jobs, read-only (the process measured creates and migrates the database;
+    a poll while it does so, or while it is locked, reads nothing)."""
     if not database.exists():
         return []
-    store = Store(database)
     try:
-        return sorted(datetime.fromisoformat(job.updated_at).timestamp() for job in store.jobs()
-                      if job.state in FINISHED_STATES)
-    finally:
-        store.close()
+        with closing(sqlite3.connect(f"file:{database}?mode=ro", uri=True, timeout=1)) as db:
+            rows = db.execute(f"SELECT updated_at FROM jobs WHERE state IN ({','.join('?' * len(FINISHED_STATES))})",
+                              [str(state) for state in FINISHED_STATES]).fetchall()
+    except sqlite3.Error:
+        return []
+    return sorted(datetime.fromisoformat(updated_at).timestamp() for (updated_at,) in rows)
 
 
 def _tree_rss(proc: psutil.Process) -> tuple[int, int]:
@@ -175,8 +181,9 @@ def main() -> None:
             f"2 workers {two['pages_per_minute'] if two else 'n/a (daemon.workers not in this version)'}, "
             f"ray {ray['pages_per_minute']}")
     machine = machine_info()
+    in_service = ModelRegistry(args.models).in_service()
     report = {"date": utc_date(), "machine": machine, "versions": {**versions(), "ray": _ray_version()},
-              "pages": [p.name for p in pages], "models": str(args.models), "load_average_start": load_start,
+              "pages": [p.name for p in pages], "models": str(args.models), "in_service": in_service, "load_average_start": load_start,
               "load_average_end": load_end, "results": rows, "summary": line}
     columns = ["pages_per_minute", "wall_pages_per_minute", "wall_seconds", "startup_seconds", "median_gap_seconds",
                "peak_rss_mib_one_process", "peak_rss_mib_all_processes", "processes"]
@@ -191,7 +198,8 @@ def main() -> None:
         f"- load average at start / end: {load_start} / {load_end} (the machine is shared: timings may be "
         "disturbed by concurrent load)",
         "- versions: " + ", ".join(f"{k} {v}" for k, v in report["versions"].items()),
-        f"- pages: {len(pages)} FUNSD test pages; models: {args.models} (det, rec, and SER / RE where in service)",
+        f"- pages: {len(pages)} FUNSD test pages; models in service ({args.models}): "
+        + ", ".join(f"{task} {version or 'none'}" for task, version in in_service.items()),
         "- each setting is a child process on a fresh root (`paperloop serve` with the pages in its inbox, or "
         "`paperloop batch` on a folder of them); pages/min = (N - 1) / (last finish - first finish) from the jobs' "
         "finish times; start-up = launch to first finished page less one steady page; peak RSS sampled every 0.2 s "
