@@ -214,11 +214,13 @@ class Store:
         path.parent.mkdir(parents=True, exist_ok=True)
         conn = sqlite3.connect(str(path), check_same_thread=False, timeout=30, isolation_level=None)
         self.db = sqlite_utils.Database(conn)
+        self.db.execute("PRAGMA busy_timeout = 30000")
         self.db.enable_wal()
         self.db.execute("PRAGMA foreign_keys = ON")
-        self.db.execute("PRAGMA busy_timeout = 30000")
         self._lock = threading.RLock()
-        with self._lock:
+        # Under the write lock: processes opening a brand-new database together (the daemon, its
+        # workers, the review app) migrate it one after the other, each seeing what the others did.
+        with self._write():
             migrate(self.db)
 
     def close(self) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from dataclasses import asdict
 from pathlib import Path
 
@@ -154,6 +155,7 @@ def test_new_since_training_is_one_measure_for_the_job_and_the_review_app(cfg: P
 
     store.db["learning_runs"].insert({"task": "ser", "started_at": utc_now(), "finished_at": utc_now(),
                                       "status": "rejected", "candidate": "v2", "current": "v1"})
+    time.sleep(0.01)  # times have millisecond resolution
     labels.put(_gold("two", "other"), "test-source", "train")  # corrected after that run
     (version, since), documents, summary = both()
     assert (version, documents) == ("v2", 1)

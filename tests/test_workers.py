@@ -5,13 +5,15 @@ from __future__ import annotations
 
 import os
 import threading
+import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from service.config import ConfigError, PaperloopConfig, load_config
 from service.jobs import JobRunner
-from service.store import FAILED, PROCESSING, QUEUED, Store
+from service.store import FAILED, MIGRATIONS, PROCESSING, QUEUED, Store
 from service.workers import requeue_worker_jobs
 
 
@@ -139,3 +141,32 @@ def test_a_job_that_killed_its_worker_too_often_is_quarantined(cfg: PaperloopCon
     done = store.job(job.id)
     assert (done.state, done.reason_code, done.attempts) == (FAILED, "crashed_worker", cfg.ingest.max_attempts)
     assert Path(done.final_path + ".reason.txt").is_file()
+
+
+def _open_store(database: str, start: Any, errors: Any) -> None:
+    start.wait()
+    try:
+        Store(Path(database)).close()
+    except BaseException as exc:  # noqa: BLE001 - reported to the parent
+        errors.put(repr(exc))
+
+
+def test_processes_opening_a_new_database_at_once_migrate_it_once(tmp_path: Path) -> None:
+    """The daemon, its workers and the review app may all open a brand-new database together."""
+    import multiprocessing
+
+    context = multiprocessing.get_context("spawn")
+    for attempt in range(3):
+        database = tmp_path / f"new-{attempt}.db"
+        start, errors = context.Event(), context.Queue()
+        processes = [context.Process(target=_open_store, args=(str(database), start, errors)) for _ in range(4)]
+        for process in processes:
+            process.start()
+        time.sleep(2.0)  # let every child import and wait at the start line
+        start.set()
+        for process in processes:
+            process.join(timeout=60)
+        found = [errors.get() for _ in range(errors.qsize())] if not errors.empty() else []
+        assert found == [] and all(p.exitcode == 0 for p in processes), found
+        names = [row["name"] for row in Store(database).db["_migrations"].rows]
+        assert len(names) == len(set(names)) == len(MIGRATIONS)
