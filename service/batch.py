@@ -204,7 +204,7 @@ def _known_or_new(runner: JobRunner, entry: Path, known: dict[tuple[str, str], J
     from service.safe_files import hash_regular_file
 
     path = entry.resolve()  # not a link (checked): resolves the parent folders only, as enqueue does
-    digest, _size = hash_regular_file(path, None, runner.cfg.ingest.max_file_bytes)  # as enqueue reads it
+    digest, size = hash_regular_file(path, None, runner.cfg.ingest.max_file_bytes)  # as enqueue reads it
     earlier = known.get((str(path), digest))
     if earlier is not None and not (retry_failed and earlier.state == FAILED):
         if earlier.state == QUEUED:
@@ -212,7 +212,7 @@ def _known_or_new(runner: JobRunner, entry: Path, known: dict[tuple[str, str], J
         if earlier.state == PROCESSING:
             log.warning("%s is being processed by another worker (job %s); skipped", path, earlier.id)
         return None
-    job = runner.enqueue(path, keep_source=True)
+    job = runner.enqueue(path, keep_source=True, hashed=(digest, size))  # read once, not twice
     known[(job.source_path, job.sha256)] = job
     return job
 

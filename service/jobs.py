@@ -89,13 +89,14 @@ class JobRunner:
 
     # -- intake -----------------------------------------------------------------------------
 
-    def enqueue(self, path: Path, keep_source: bool = False) -> Job:
+    def enqueue(self, path: Path, keep_source: bool = False, hashed: tuple[str, int] | None = None) -> Job:
         """Record a complete file as a job; a duplicate is never processed.
 
         An inbox entry is taken as it is, never through a link: a link or a FIFO is recorded as a
         failed job and moved to quarantine itself. A duplicate found in the inbox is moved to
         ``archive/duplicates``; with ``keep_source`` (the one-shot ``process`` command, whose paths
-        the user typed) the caller's file is read where it is and left there.
+        the user typed) the caller's file is read where it is and left there; ``hashed`` is its
+        (SHA-256, size) when the caller has just read it (``paperloop batch``).
         """
         if keep_source:
             path = path.resolve()
@@ -105,7 +106,8 @@ class JobRunner:
                 return self._reject(path, IngestError(
                     Reason.SYMLINK, f"{path.name} was reached through a linked folder; never read or moved"))
         try:
-            digest, size = hash_regular_file(path, None if keep_source else self.inbox, self.cfg.ingest.max_file_bytes)
+            digest, size = (hashed if keep_source and hashed else
+                            hash_regular_file(path, None if keep_source else self.inbox, self.cfg.ingest.max_file_bytes))
         except IngestError as exc:
             if keep_source:
                 raise

@@ -50,13 +50,6 @@ class TaskRun:
     metrics: dict[str, Any] = field(default_factory=dict)
 
 
-def holdout_metrics(cfg: PaperloopConfig, registry: ModelRegistry, task: str, pinned: dict[str, str],
-                    documents: list[Document]) -> dict[str, float]:
-    """The task's metrics of its ``pinned`` version on gold documents, the main one first
-    (see each task's ``evaluate``)."""
-    return get_task(task).evaluate(cfg, registry, pinned[task], documents)
-
-
 def gate(candidate: dict[str, float], current: dict[str, float] | None, margin: float,
          tolerance: float) -> tuple[bool, str]:
     """Whether a candidate may replace the version in service, and why (:class:`GateRule`)."""
