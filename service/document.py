@@ -84,6 +84,10 @@ class Segment:
     det_version: str | None = None
     rec_version: str | None = None
     ser_version: str | None = None
+    # Set when the segment is an entity the grouping model formed from OCR words (service/kie/grouping.py):
+    # how sure it is that these words, and no others, make one entity, and which version said so.
+    group_score: float | None = None
+    group_version: str | None = None
 
     @property
     def bbox(self) -> BBox:
@@ -99,6 +103,7 @@ class Segment:
             "det_score": self.det_score, "rec_score": self.rec_score,
             "det_version": self.det_version, "rec_version": self.rec_version,
             "ser_version": self.ser_version,
+            "group_score": self.group_score, "group_version": self.group_version,
         }
 
     @classmethod
@@ -180,15 +185,22 @@ class Document:
         raise KeyError(segment_id)
 
     def key_values(self) -> list[dict[str, Any]]:
-        """The links as readable pairs: key text, value text, their labels and the link score."""
+        """The links as readable pairs, entity to entity: key and value text (all their lines), ids,
+        labels, page boxes (x0, y0, x1, y1) and pages, the link score, and the versions that made them."""
         by_id = {s.id: s for s in self.segments}
+        page_of = {s.id: page.number for page in self.pages for s in page.segments}
         pairs = []
         for link in self.links:
             key, value = by_id.get(link.key), by_id.get(link.value)
             if key is None or value is None:
                 continue
+            versions = {"group": key.group_version or value.group_version, "ser": key.ser_version or value.ser_version,
+                        "re": link.re_version}
             pairs.append({"key": key.text, "value": value.text, "key_id": key.id, "value_id": value.id,
-                          "key_label": key.label, "value_label": value.label, "score": link.score})
+                          "key_label": key.label, "value_label": value.label, "score": link.score,
+                          "key_box": [round(v, 2) for v in key.bbox], "value_box": [round(v, 2) for v in value.bbox],
+                          "key_page": page_of[key.id], "value_page": page_of[value.id],
+                          "versions": {k: v for k, v in versions.items() if v is not None}})
         return pairs
 
     def to_dict(self) -> dict[str, Any]:

@@ -179,6 +179,13 @@ def _migration_7(db: sqlite_utils.Database) -> None:
     db["jobs"].add_column("claimed_by", int)
 
 
+def _migration_8(db: sqlite_utils.Database) -> None:
+    # Segments formed by the grouping model (entities of OCR words): its confidence and version.
+    segments = db["segments"]
+    segments.add_column("group_score", float)
+    segments.add_column("group_version", str)
+
+
 # Append-only: a migration, once released, is never edited; add a new one instead.
 MIGRATIONS: list[tuple[str, Callable[[sqlite_utils.Database], None]]] = [
     ("0001_jobs_documents_pages_segments", _migration_1),
@@ -188,6 +195,7 @@ MIGRATIONS: list[tuple[str, Callable[[sqlite_utils.Database], None]]] = [
     ("0005_reviewer_accounts", _migration_5),
     ("0006_routing_decision", _migration_6),
     ("0007_job_claims", _migration_7),
+    ("0008_segment_groups", _migration_8),
 ]
 
 
@@ -430,7 +438,8 @@ class Store:
                 label=s["label"], label_score=s["label_score"],
                 words=[Word.from_dict(w) for w in json.loads(s["words"] or "[]")],
                 det_score=s["det_score"], rec_score=s["rec_score"], det_version=s["det_version"],
-                rec_version=s["rec_version"], ser_version=s["ser_version"]))
+                rec_version=s["rec_version"], ser_version=s["ser_version"],
+                group_score=s["group_score"], group_version=s["group_version"]))
         return Document(
             id=row["id"], source_name=row["source_name"], sha256=row["sha256"],
             created_at=row["created_at"], model_versions=json.loads(row["model_versions"]),
@@ -448,4 +457,5 @@ def _segment_row(document_id: str, page: int, position: int, segment: Segment) -
         "det_version": segment.det_version, "rec_version": segment.rec_version,
         "label": segment.label, "label_score": segment.label_score, "ser_version": segment.ser_version,
         "words": json.dumps([w.to_dict() for w in segment.words]),
+        "group_score": segment.group_score, "group_version": segment.group_version,
     }
