@@ -177,6 +177,10 @@ def register(trained: TrainedModel, registry: ModelRegistry) -> str:
 
     Putting it in service is the caller's decision, once the version has been evaluated.
     """
+    if trained.task == "group":  # the grouping model has its own inputs and post-processing
+        from service.kie.group_fit import register_group
+
+        return register_group(trained, registry)
     version = next_version(registry, trained.task)
     specs = input_specs(len(trained.labels) if trained.task == "re" else None)
     card = ModelCard(task=trained.task, version=version,
