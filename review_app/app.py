@@ -43,13 +43,11 @@ with st.sidebar:
     if mine:
         st.caption("Claimed by you: " + common.md(", ".join(i.document_id for i in mine)))
     st.divider()
-    st.caption("**Shortcuts** (document page)  \n"
-               "Ctrl+Enter accept & next · Ctrl+S save · Alt+N skip to next  \n"
-               "On the image: click select · drag move · handles resize · drag on empty space add · "
-               "Delete remove · B draw mode · arrows nudge")
+    st.caption("**Shortcuts** (document page, wherever the focus is)  \n"
+               "Ctrl+S save · Ctrl+Enter accept & next · Alt+N skip  \n"
+               "Tab next uncertain · Enter edit text · 1-9 label · R re-read · L link · M merge · X split")
     if st.button("Log out", key="logout", icon=":material/logout:"):
         common.log_out(service, accounts)
         st.rerun()
 
 views[st.session_state.get("nav", "Queue")](service, cfg, reviewer)
-common.unsaved_guard(bool(st.session_state.get("dirty")))

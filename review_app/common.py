@@ -5,7 +5,6 @@ from __future__ import annotations
 import base64
 import html
 import io
-import json
 import re
 from pathlib import Path
 from typing import Any, Callable
@@ -14,7 +13,9 @@ import streamlit as st
 import streamlit.components.v1 as components
 from PIL import Image
 
-from service.config import PaperloopConfig
+from service.config import OcrConfig, PaperloopConfig
+from service.ocr import OcrEngine
+from service.registry import ModelRegistry
 from service.review import AuthPolicy, ClaimError, ReviewerAccounts, ReviewService, label_colours
 from service.store import Store
 
@@ -41,6 +42,17 @@ CSS = """
 def inject_css() -> None:
     """The app's small stylesheet."""
     st.markdown(CSS, unsafe_allow_html=True)
+
+
+@st.cache_resource(show_spinner=False)
+def _ocr_engine(models_dir: str, ocr_json: str) -> OcrEngine:
+    return OcrEngine(ModelRegistry(Path(models_dir)), OcrConfig.model_validate_json(ocr_json))
+
+
+def ocr_engine(cfg: PaperloopConfig) -> OcrEngine:
+    """The process-wide OCR engine for re-reading boxes (built on first use; ``refresh()`` picks up a
+    promoted rec version)."""
+    return _ocr_engine(str(cfg.paths.resolve("models")), cfg.ocr.model_dump_json())
 
 
 @st.cache_resource(show_spinner=False)
@@ -103,22 +115,6 @@ def current_reviewer(service: ReviewService, accounts_: ReviewerAccounts) -> str
     return name
 
 
-# Installed once into the app's own page (not the component's frame, whose listeners stop when the
-# frame is replaced): while window.__paperloopDirty is set, leaving the page asks first.
-_GUARD = ("if (!window.__paperloopGuard) { window.__paperloopGuard = true;"
-          " window.addEventListener('beforeunload', function (event) {"
-          " if (window.__paperloopDirty) { event.preventDefault(); event.returnValue = ''; } }); }")
-
-
-def unsaved_guard(dirty: bool) -> None:
-    """Ask before the tab is reloaded or closed while the open document has unsaved edits."""
-    script = ("<script>(function () { const page = window.parent; page.__paperloopDirty = %s;"
-              " if (!page.__paperloopGuard) { const s = page.document.createElement('script');"
-              " s.textContent = %s; page.document.head.appendChild(s); } })();</script>"
-              ) % (json.dumps(bool(dirty)), json.dumps(_GUARD))
-    components.html(script, height=0)
-
-
 def flash(message: str, kind: str = "success") -> None:
     """A message shown once, at the next run."""
     st.session_state["flash"] = (kind, message)
@@ -142,8 +138,7 @@ def open_document(service: ReviewService, reviewer: str, document_id: str) -> bo
     document, revision = service.working_copy(document_id)
     state = st.session_state
     state["doc_id"], state["draft"], state["draft_rev"] = document_id, document, revision
-    state["dirty"], state["page_no"], state["sel"] = False, document.pages[0].number if document.pages else 1, None
-    state["nonce"] = state.get("nonce", 0) + 1
+    state.pop("editor_reread", None)
     state["nav"] = "Document"
     return True
 
@@ -153,7 +148,7 @@ def close_document(service: ReviewService, reviewer: str, release: bool = True) 
     state = st.session_state
     if release and state.get("doc_id"):
         service.release(state["doc_id"], reviewer)
-    for key in ("doc_id", "draft", "draft_rev", "dirty", "sel"):
+    for key in ("doc_id", "draft", "draft_rev", "editor_doc", "editor_reread"):
         state.pop(key, None)
 
 

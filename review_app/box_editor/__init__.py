@@ -1,26 +1,37 @@
-"""A Streamlit component that shows a page image with its boxes and lets a reviewer edit them.
+"""The page editor: a Streamlit component holding one document's whole edit state in the browser.
 
-Plain HTML/SVG/JavaScript (``frontend/index.html``), no build step. Click a box to select it, drag
-it to move it, drag one of its eight handles to resize it, drag on empty space (or use ``+ Box``
-or ``B``) to draw a new one, and press Delete (or ``Delete box``) to remove the selected one; arrow
-keys nudge it (Shift: 10 px). Every finished gesture is sent to Python as one event:
-``{"uid", "nonce", "action": select|move|resize|add|delete, "id", "box": [x0, y0, x1, y1]}``.
+Plain HTML/SVG/JavaScript (``frontend/index.html`` and ``frontend/editor.js``), no build step. Boxes,
+text, labels, links and entity merges/splits are edited in the browser without a server round trip;
+the component sends Python one event per server action:
+
+* ``{"action": "save" | "accept", "diff": {...}}``: the edits since the document was loaded, as
+  :func:`service.review.editor.apply_editor_diff` takes them;
+* ``{"action": "reread", "request", "id", "page", "box"}``: read a box with the recognizer in service;
+* ``{"action": "skip" | "queue"}``: leave the document (the editor asked first if there were edits).
+
+Every event carries ``uid`` (unique), ``doc`` (the document it was made on) and ``at`` (browser ms).
 """
 
 from __future__ import annotations
 
+from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import streamlit.components.v1 as components
 
 _FRONTEND = Path(__file__).parent / "frontend"
 _component = components.declare_component("paperloop_box_editor", path=str(_FRONTEND))
 
+EDITOR_KEY = "page_editor"  # one stable widget: the iframe (and its zoom, focus) survive reruns
 
-def box_editor(image_url: str, width: int, height: int, boxes: list[dict[str, Any]],
-               links: list[tuple[str, str]], selected: str | None, nonce: int, key: str,
-               max_height: int = 1100) -> dict[str, Any] | None:
-    """Render the editor; returns the last event (or ``None`` before the first one)."""
-    return _component(image=image_url, width=width, height=height, boxes=boxes, links=[list(p) for p in links],
-                      selected=selected, nonce=nonce, max_height=max_height, key=key, default=None)
+
+def page_editor(doc: dict[str, Any], images: dict[str, str], labels: list[str], colours: dict[str, str],
+                load_key: str, status: dict[str, Any] | None, reread: dict[str, Any] | None,
+                on_event: Callable[..., None], args: tuple = ()) -> dict[str, Any] | None:
+    """Render the editor for ``doc`` (:func:`service.review.editor.editor_document`); ``images`` maps
+    page numbers to image URLs, ``load_key`` changes whenever the editor must start again from ``doc``
+    (another document, or a saved revision). ``on_event(*args)`` runs before the next run of the page
+    when the editor sends an event; the event is ``st.session_state[EDITOR_KEY]``."""
+    return _component(doc=doc, images=images, labels=labels, colours=colours, key=EDITOR_KEY, load=load_key,
+                      status=status, reread=reread, default=None, on_change=partial(on_event, *args))

@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from service.document import Document, Link, Page, Segment
+from service.document import Document, Link, Page, Segment, Word
 
 BOX_TOLERANCE = 0.5  # pixels: a box moved less than this is unchanged
 
@@ -19,11 +19,41 @@ BOX_TOLERANCE = 0.5  # pixels: a box moved less than this is unchanged
 class Change:
     """One reviewed change, as written to the audit log."""
 
-    action: str  # accept | text | label | box | add_segment | delete_segment | add_link | delete_link
+    # accept | text | label | box | add_segment | delete_segment | merge | split | add_link | delete_link
+    action: str
     target: str
     before: Any
     after: Any
     model_versions: dict[str, Any]
+
+
+def segment_words(segment: Segment) -> list[Word]:
+    """The segment's words; one word of its whole text and box when it has none (text edited, or read
+    without character positions), so that merges and splits never lose text."""
+    if segment.words:
+        return list(segment.words)
+    return [Word(text=segment.text, box=segment.bbox)] if segment.text.strip() else []
+
+
+def _word_keys(segment: Segment) -> set[tuple[str, tuple[int, ...]]]:
+    return {(w.text, tuple(round(v) for v in w.box)) for w in segment_words(segment)}
+
+
+def _grouping_changes(old: dict[str, Segment], new: dict[str, Segment], versions: Any) -> list[Change]:
+    """Merges (a new segment made of the words of two or more removed ones) and splits (a removed
+    segment whose words went to two or more new ones): corrections of the entity grouping."""
+    added = {sid: _word_keys(s) for sid, s in new.items() if sid not in old}
+    removed = {sid: _word_keys(s) for sid, s in old.items() if sid not in new}
+    changes = []
+    for sid, words in added.items():
+        parts = sorted(r for r, keys in removed.items() if keys and keys <= words)
+        if len(parts) >= 2:
+            changes.append(Change("merge", sid, parts, _segment_summary(new[sid]), versions(old[parts[0]])))
+    for sid, words in removed.items():
+        parts = sorted(a for a, keys in added.items() if keys and keys <= words)
+        if len(parts) >= 2:
+            changes.append(Change("split", sid, _segment_summary(old[sid]), parts, versions(old[sid])))
+    return changes
 
 
 def to_gold(edited: Document, prediction: Document) -> Document:
@@ -73,12 +103,14 @@ def diff_documents(before: Document, after: Document, from_gold: bool = False, r
             return {"re": link.re_version}
         return dict(before.model_versions)
 
-    changes: list[Change] = []
     old = {s.id: s for s in before.segments}
     new = {s.id: s for s in after.segments}
+    changes = _grouping_changes(old, new, lambda segment: versions(segment))
+    grouped = {sid for c in changes for sid in [c.target, *(c.before if c.action == "merge" else c.after)]}
     for sid, segment in new.items():
         if sid not in old:
-            changes.append(Change("add_segment", sid, None, _segment_summary(segment), {}))
+            if sid not in grouped:
+                changes.append(Change("add_segment", sid, None, _segment_summary(segment), {}))
             continue
         previous = old[sid]
         if previous.text.strip() != segment.text:
@@ -90,7 +122,7 @@ def diff_documents(before: Document, after: Document, from_gold: bool = False, r
             changes.append(Change("box", sid, [list(p) for p in previous.box], [list(p) for p in segment.box],
                                   versions(previous)))
     for sid, segment in old.items():
-        if sid not in new:
+        if sid not in new and sid not in grouped:
             changes.append(Change("delete_segment", sid, _segment_summary(segment), None, versions(segment)))
     old_links = {(link.key, link.value): link for link in before.links}
     new_links = {(link.key, link.value) for link in after.links}
