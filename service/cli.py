@@ -229,8 +229,10 @@ def _ensure_models(cfg: PaperloopConfig) -> None:
 
 
 from service.cli_labels import export_labels, import_labels  # noqa: E402
+from service.cli_fields import fields_group  # noqa: E402
 cli.add_command(import_labels, "import")
 cli.add_command(export_labels, "export")
+cli.add_command(fields_group)
 
 
 from service.cli_review import review  # noqa: E402

@@ -71,6 +71,25 @@ def _report(trained: TrainedModel, version: str, registry: ModelRegistry, evalua
                f"{evaluation['split']} Hmean {evaluation['metrics']['hmean']:.4f} on {evaluation['documents']} documents, "
                f"{trained.metrics['parameters']:,} parameters, {trained.metrics['train_seconds']} s"
                f"{' (in service)' if in_service else ' (not in service: paperloop models promote)'}")
+    for line in per_label_lines(trained.metrics, evaluation):
+        click.echo(line)
+
+
+def per_label_lines(metrics: dict[str, Any], evaluation: dict[str, Any]) -> list[str]:
+    """SER's validation P / R / Hmean for each label, and its Hmean on the evaluation split: a rare
+    field that is never predicted shows as 0 here instead of hiding in the overall figure."""
+    validation = metrics.get("validation")
+    if not isinstance(validation, dict) or "overall" not in validation:
+        return []
+    split = evaluation["split"]
+    lines = [f"  {'label':<16} {'val P':>7} {'val R':>7} {'val Hmean':>9} {split + ' Hmean':>14}"]
+    for label, scores in validation.items():
+        if label == "overall":
+            continue
+        held = evaluation["metrics"].get(f"{label}_hmean")
+        lines.append(f"  {label:<16} {scores['precision']:>7.4f} {scores['recall']:>7.4f} {scores['hmean']:>9.4f} "
+                     f"{'-' if held is None else f'{held:.4f}':>14}")
+    return lines
 
 
 @click.command("train")
@@ -120,6 +139,20 @@ def train(cfg: PaperloopConfig, task: str | None, now: bool, force: bool, epochs
     evaluation = _evaluate(cfg, registry, task, version, labels.documents("holdout"), fitted.validation_documents)
     _put_in_service(registry, task, version, promote, evaluation)
     _report(fitted.trained, version, registry, evaluation)
+    if task == "ser" and cfg.fields.fields and registry.current_version("ser") == version:
+        _calibrate_fields(cfg)
+
+
+def _calibrate_fields(cfg: PaperloopConfig) -> None:
+    """Straight-through thresholds for the new SER version, from the holdout split (when there is one)."""
+    from service.cli_fields import format_calibration
+    from service.fields.holdout import calibrate_in_service
+
+    try:
+        click.echo(format_calibration(calibrate_in_service(cfg)))
+    except ValueError as exc:
+        click.echo(f"field thresholds not set ({exc}): every document goes to review until "
+                   f"`paperloop fields calibrate` has run")
 
 
 def _run_job_now(cfg: PaperloopConfig, task: str | None, force: bool, promote: bool,

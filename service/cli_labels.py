@@ -97,7 +97,7 @@ def _echo_counts(labels: LabelStore) -> None:
 
 
 @click.command("import")
-@click.argument("fmt", metavar="FORMAT", type=click.Choice(FORMATS))
+@click.argument("fmt", metavar="FORMAT", type=click.Choice(FORMATS + ("values",)))
 @click.argument("path", type=click.Path(exists=True, path_type=Path))
 @click.option("--split", type=click.Choice(SPLITS), help="Split to file the documents in (default: from the data).")
 @click.pass_obj
@@ -105,8 +105,15 @@ def import_labels(cfg: PaperloopConfig, fmt: str, path: Path, split: str | None)
     """Import gold labels (FORMAT: funsd, xfund or ppocrlabel) into the label store.
 
     All or nothing: a document that would move into or out of the frozen holdout split stops the
-    whole import.
+    whole import. FORMAT values: PATH is a CSV or JSON file of known field values (document, field,
+    value); each document is read by the models in service and the words printing its values are
+    labelled (gold marked bootstrapped; default split train).
     """
+    if fmt == "values":
+        from service.cli_fields import run_values_import
+
+        run_values_import(cfg, path, split)
+        return
     store = Store(cfg.paths.database)
     try:
         labels = LabelStore(store)

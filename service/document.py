@@ -135,6 +135,40 @@ class Link:
 
 
 @dataclass
+class FieldValue:
+    """One value of a schema field (``fields`` in the config): normalized, with where it came from.
+
+    Filled from SER's labels by :func:`service.fields.extract.fill_fields`, or, in a gold document,
+    from a value a user already had (``paperloop import values``).
+    """
+
+    name: str  # the field (its SER label)
+    value: str | None  # normalized: ISO date, decimal amount or number, pattern match, or the text
+    raw: str  # the characters it was read from
+    page: int
+    boxes: list[BBox] = field(default_factory=list)  # x0, y0, x1, y1 per segment it came from
+    segments: list[str] = field(default_factory=list)  # ids of those segments
+    currency: str | None = None  # ISO 4217 code of an amount whose currency is printed
+    confidence: float | None = None  # calibrated probability that the value is right
+    threshold: float | None = None  # the confidence it needs to go through without review
+    versions: dict[str, str] = field(default_factory=dict)  # task → version of the models that found it
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready form."""
+        return {"name": self.name, "value": self.value, "raw": self.raw, "currency": self.currency,
+                "confidence": self.confidence, "threshold": self.threshold, "page": self.page,
+                "boxes": [[round(v, 2) for v in box] for box in self.boxes], "segments": list(self.segments),
+                "versions": dict(self.versions)}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "FieldValue":
+        """Inverse of :meth:`to_dict`."""
+        values = dict(data)
+        values["boxes"] = [tuple(float(v) for v in box) for box in values.get("boxes", [])]
+        return cls(**values)
+
+
+@dataclass
 class Page:
     """One page of a document, 1-based, with its pixel size and segments in reading order."""
 
@@ -171,6 +205,7 @@ class Document:
     model_versions: dict[str, str] = field(default_factory=dict)
     pages: list[Page] = field(default_factory=list)
     links: list[Link] = field(default_factory=list)
+    fields: list[FieldValue] = field(default_factory=list)  # the schema's fields (config ``fields``)
 
     @property
     def segments(self) -> list[Segment]:
@@ -211,6 +246,7 @@ class Document:
             "created_at": self.created_at, "model_versions": dict(self.model_versions),
             "pages": [p.to_dict() for p in self.pages],
             "links": [link.to_dict() for link in self.links],
+            "fields": [f.to_dict() for f in self.fields],
         }
 
     @classmethod
@@ -222,4 +258,5 @@ class Document:
             created_at=data["created_at"], model_versions=dict(data.get("model_versions", {})),
             pages=[Page.from_dict(p) for p in data.get("pages", [])],
             links=[Link.from_dict(link) for link in data.get("links", [])],
+            fields=[FieldValue.from_dict(f) for f in data.get("fields", [])],
         )

@@ -11,6 +11,7 @@ from PIL import Image
 
 from service.config import PaperloopConfig
 from service.document import Document, Page
+from service.fields.reader import FieldReader
 from service.kie.inference import KieModels, LayoutXLMModels
 from service.ocr import OcrEngine
 from service.rasterize import iter_pages, probe
@@ -71,6 +72,7 @@ class DocumentPipeline:
         if pretrained.ser_dir or pretrained.re_dir:
             self.kie = LayoutXLMModels(self.kie, cfg.kie.labels, pretrained.ser_dir, pretrained.re_dir)
         self.models = ServiceModels(self.ocr, self.kie)
+        self.fields = FieldReader(cfg, registry)
         self.pages_dir = cfg.paths.resolve("data") / "pages"
 
     def process_file(self, path: Path, document_id: str, sha256: str, source_name: str) -> Document:
@@ -96,6 +98,7 @@ class DocumentPipeline:
         for task in all_tasks():
             if task.level == "document":
                 task.predict(self.models, prediction)
+        self.fields.read(document, prediction.label_probabilities, getattr(getattr(self.kie, "ser", None), "labels", ()))
         return document
 
     def _store_page(self, document_id: str, number: int, image: Image.Image) -> Page:

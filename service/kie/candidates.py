@@ -44,7 +44,8 @@ def settings_from_config(kie: KieConfig, epochs: int | None = None, seed: int | 
     t = kie.training
     return fit.TrainSettings(epochs=epochs or t.epochs, batch_size=t.batch_size, learning_rate=t.learning_rate,
                            weight_decay=t.weight_decay, dim=t.dim, layers=t.layers, heads=t.heads,
-                           embed_dim=t.embed_dim, dropout=t.dropout, seed=t.seed if seed is None else seed)
+                           embed_dim=t.embed_dim, dropout=t.dropout, seed=t.seed if seed is None else seed,
+                           class_balance=t.class_balance)
 
 
 def split_validation(documents: Sequence[Document], fraction: float, seed: int) -> tuple[list[Document], list[Document]]:
@@ -77,11 +78,12 @@ def train_ser(train_docs: Sequence[Document], val_docs: Sequence[Document], labe
     train = [fit.make_example(d, labels) for d in training_documents(list(train_docs), with_lines)]
     val = [fit.make_example(d, labels) for d in val_docs]
     model = SerModel(len(labels), **settings.encoder_args())
+    loss = fit.weighted_ser_loss(fit.class_weights(train, len(labels), settings.class_balance))
 
-    def validate() -> float:
-        return fit.ser_evaluate(fit.ser_logits(model, val), val, labels)["overall"].hmean
+    def validate() -> float:  # macro over the fields: a rare field must not vanish for the sake of `other`
+        return fit.macro_hmean(fit.ser_evaluate(fit.ser_logits(model, val), val, labels), labels)
 
-    history = fit.fit(model, fit.ser_loss, train, settings, validate, progress)
+    history = fit.fit(model, loss, train, settings, validate, progress)
     logits = fit.ser_logits(model, val)
     temperature = fit.ser_temperature(logits, val)
     scores = fit.ser_evaluate(logits, val, labels)

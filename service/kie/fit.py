@@ -39,6 +39,7 @@ class TrainSettings:
     embed_dim: int = KIE_DEFAULTS.embed_dim
     dropout: float = KIE_DEFAULTS.dropout
     seed: int = KIE_DEFAULTS.seed
+    class_balance: str = "inverse_sqrt"  # SER loss weights per label: "inverse_sqrt" or "none"
 
     def encoder_args(self) -> dict[str, Any]:
         """Keyword arguments of :class:`SegmentEncoder`."""
@@ -167,6 +168,45 @@ def ser_loss(model: SerModel, batch: dict[str, paddle.Tensor]) -> paddle.Tensor:
     logits = model(*_inputs(batch))
     return F.cross_entropy(logits.reshape([-1, logits.shape[-1]]), batch["labels"].reshape([-1]),
                            ignore_index=IGNORE)
+
+
+def class_weights(examples: Sequence[Example], num_labels: int, mode: str = "inverse_sqrt") -> np.ndarray:
+    """SER loss weight per label: 1/sqrt of its share of the labelled training segments, mean 1 over the
+    labels seen ("none": all 1). A field with one segment per document then weighs as much as a few
+    `other` segments instead of one in fifty; labels never seen get the largest weight seen."""
+    if mode == "none":
+        return np.ones(num_labels, dtype=np.float32)
+    counts = np.zeros(num_labels)
+    for e in examples:
+        np.add.at(counts, e.labels[e.labels != IGNORE], 1.0)
+    seen = counts > 0
+    if not seen.any():
+        return np.ones(num_labels, dtype=np.float32)
+    weights = np.zeros(num_labels)
+    weights[seen] = 1.0 / np.sqrt(counts[seen] / counts.sum())
+    weights[seen] /= weights[seen].mean()
+    weights[~seen] = weights[seen].max()
+    return weights.astype(np.float32)
+
+
+def weighted_ser_loss(weights: np.ndarray) -> Callable[[SerModel, dict[str, paddle.Tensor]], paddle.Tensor]:
+    """Cross-entropy over the labelled segments with a weight per label (mean over the weights drawn)."""
+    weight = paddle.to_tensor(weights.astype(np.float32))
+
+    def loss(model: SerModel, batch: dict[str, paddle.Tensor]) -> paddle.Tensor:
+        logits = model(*_inputs(batch))
+        return F.cross_entropy(logits.reshape([-1, logits.shape[-1]]), batch["labels"].reshape([-1]),
+                               weight=weight, ignore_index=IGNORE)
+
+    return loss
+
+
+def macro_hmean(scores: dict[str, PRF], labels: Sequence[str], ignored: str = "other") -> float:
+    """Mean Hmean over the labels (but ``ignored``) that occur in the gold or the predictions:
+    the validation score that picks the best epoch, so a rare field counts as much as a common one."""
+    counted = [scores[label].hmean for label in labels
+               if label != ignored and (scores[label].ground_truth or scores[label].predicted)]
+    return float(np.mean(counted)) if counted else 0.0
 
 
 def pair_mask(mask: paddle.Tensor) -> paddle.Tensor:

@@ -4,7 +4,9 @@
   below ``routing.min_rec_score``, a SER label probability below ``review.min_label_score``, an
   RE link probability below ``review.min_link_score``, a labelled field below its own threshold
   (``review.field_thresholds``), no text at all, or a random audit sample of the documents that
-  passed (``review.audit_percent``, drawn from the content hash so it is reproducible).
+  passed (``review.audit_percent``, drawn from the content hash so it is reproducible). With a
+  field schema (``fields``), the document's field values decide instead (a required field missing
+  or below its threshold; thresholds from :mod:`service.fields.calibration`).
   :func:`segment_is_low` applies the same thresholds to one segment (for the review app).
 * :func:`document_uncertainty` is the mean segment uncertainty (entropy, margin or least
   confidence of each segment's scores, so long documents are not favoured for their length); the
@@ -154,13 +156,41 @@ def _field_reasons(document: Document, cfg: PaperloopConfig) -> list[ReviewReaso
     return reasons
 
 
+def _schema_field_reasons(document: Document, cfg: PaperloopConfig) -> list[ReviewReason]:
+    """Reasons from the field schema (``fields``): a required field not found, or found with a
+    confidence below its threshold (calibrated on the holdout for ``routing.target_accuracy``)."""
+    reasons = []
+    for spec in (f for f in cfg.fields.fields if f.required):
+        values = [v for v in document.fields if v.name == spec.name]
+        if not values:
+            reasons.append(ReviewReason("field", f"field {spec.name!r}: not found", field=spec.name))
+            continue
+        low = [v for v in values if v.threshold is None or v.confidence is None or v.threshold >= 1.0
+               or v.confidence < v.threshold]
+        if low:
+            lowest = min((v.confidence for v in low if v.confidence is not None), default=None)
+            threshold = low[0].threshold
+            why = ("no calibrated threshold" if threshold is None
+                   else f"confidence {lowest if lowest is not None else 0:.2f} below {threshold:.2f}")
+            reasons.append(ReviewReason("field", f"field {spec.name!r}: {why}", len(low), lowest, threshold,
+                                        spec.name, tuple(s for v in low for s in v.segments)))
+    return reasons
+
+
 def decide(document: Document, cfg: PaperloopConfig) -> Decision:
-    """Route a processed document: review (with the reasons) or done; see the module docstring."""
+    """Route a processed document: review (with the reasons) or done; see the module docstring.
+
+    With a field schema (``fields``), the fields decide instead of every segment's scores: a
+    document whose required fields are all at or above their thresholds goes straight through.
+    """
     review = cfg.review
     reasons: list[ReviewReason] = []
     if not document.segments:
         reasons.append(ReviewReason("no_text", "no text was found"))
-    reasons += _score_reasons(document, cfg) + _field_reasons(document, cfg)
+    if cfg.fields.fields:
+        reasons += _schema_field_reasons(document, cfg)
+    else:
+        reasons += _score_reasons(document, cfg) + _field_reasons(document, cfg)
     audit = not reasons and is_audit_sample(document, review.audit_percent)
     if audit:
         reasons.append(ReviewReason("audit", f"audit sample ({review.audit_percent:g}% of documents that passed)"))

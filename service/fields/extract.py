@@ -1,0 +1,140 @@
+"""Fields from SER's labels: one value per single-value field (the most probable), several where allowed.
+
+A segment is an OCR line (or, with a grouping model in service, an entity); SER gives each one a
+calibrated probability per label. For a single-value field the segment most likely to be that field
+(and, for a typed field, holding a value of its type) gives the value, parsed out of its text
+(``TOTAL RM 193.00`` → 193.00 MYR); a text field's value is continued over the adjacent lines SER
+gave the same label (an address), joined in reading order. A value's confidence is its SER
+probability times the lowest recognition score of its lines: both calibrated per segment, and the
+field thresholds (``routing``) are then set on held-out documents.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+from service.document import BBox, Document, FieldValue, Page, Segment
+from service.fields.matching import words_of_span
+from service.fields.schema import FieldsConfig, FieldSpec
+from service.fields.values import ParsedValue, parse_value
+
+MIN_PROBABILITY = 0.05  # a segment less likely than this to be a field is never its value
+
+
+def field_probabilities(document: Document, probabilities: np.ndarray | None, labels: Sequence[str],
+                        name: str) -> list[float]:
+    """Each segment's probability of being field ``name``: SER's distribution when given, else its label score."""
+    if probabilities is not None and name in labels and len(probabilities) == len(document.segments):
+        return [float(p) for p in probabilities[:, list(labels).index(name)]]
+    return [float(s.label_score or 1.0) if s.label == name else 0.0 for s in document.segments]
+
+
+def _versions(segments: Sequence[Segment], model_versions: dict[str, str]) -> dict[str, str]:
+    first = segments[0]
+    found = {"det": first.det_version, "rec": first.rec_version, "group": first.group_version,
+             "ser": first.ser_version or model_versions.get("ser")}
+    return {k: v for k, v in found.items() if v is not None}
+
+
+def _rec(segments: Sequence[Segment]) -> float:
+    scores = [s.rec_score for s in segments if s.rec_score is not None]
+    return min(scores) if scores else 1.0
+
+
+def _page_of(document: Document) -> dict[str, Page]:
+    return {s.id: page for page in document.pages for s in page.segments}
+
+
+def _adjacent(a: Segment, b: Segment) -> bool:
+    """Whether ``b`` continues ``a`` on the next line (or the same row): a short vertical gap, overlapping columns."""
+    ax0, ay0, ax1, ay1 = a.bbox
+    bx0, by0, bx1, by1 = b.bbox
+    height = max(ay1 - ay0, by1 - by0, 1.0)
+    return (by0 - ay1) < 1.2 * height and (ay0 - by1) < 1.2 * height and min(ax1, bx1) - max(ax0, bx0) > -height
+
+
+def _text_run(document: Document, seed: int, name: str) -> list[Segment]:
+    """The seed segment and the neighbours, in reading order, that SER labelled ``name`` and that continue it."""
+    segments, page_of = document.segments, _page_of(document)
+    run = [segments[seed]]
+    for step in (-1, 1):
+        k = seed + step
+        while 0 <= k < len(segments) and segments[k].label == name and page_of[segments[k].id] is page_of[run[0].id]:
+            neighbour = run[0] if step < 0 else run[-1]
+            if not _adjacent(neighbour, segments[k]) and not _adjacent(segments[k], neighbour):
+                break
+            run = [segments[k], *run] if step < 0 else [*run, segments[k]]
+            k += step
+    return sorted(run, key=lambda s: (s.bbox[1], s.bbox[0]))
+
+
+def _span_box(segment: Segment, parsed: ParsedValue) -> BBox:
+    indices = [i for _, i in words_of_span(segment, parsed.start, parsed.end)]
+    if not indices:
+        return segment.bbox
+    boxes = [segment.words[i].box for i in indices]
+    return min(b[0] for b in boxes), min(b[1] for b in boxes), max(b[2] for b in boxes), max(b[3] for b in boxes)
+
+
+def _typed_value(document: Document, spec: FieldSpec, cfg: FieldsConfig, index: int, p: float) -> FieldValue | None:
+    segment = document.segments[index]
+    parsed = parse_value(spec, segment.text, cfg)
+    if parsed is None:
+        return None
+    return FieldValue(name=spec.name, value=parsed.value, raw=segment.text[parsed.start:parsed.end],
+                      page=_page_of(document)[segment.id].number, boxes=[_span_box(segment, parsed)],
+                      segments=[segment.id], currency=parsed.currency,
+                      confidence=round(p * _rec([segment]), 5), versions=_versions([segment], document.model_versions))
+
+
+def _text_value(document: Document, spec: FieldSpec, index: int, p: float) -> FieldValue:
+    run = _text_run(document, index, spec.name)
+    text = " ".join(" ".join(s.text.split()) for s in run)
+    return FieldValue(name=spec.name, value=text, raw=text, page=_page_of(document)[run[0].id].number,
+                      boxes=[s.bbox for s in run], segments=[s.id for s in run],
+                      confidence=round(p * _rec(run), 5), versions=_versions(run, document.model_versions))
+
+
+def _value_at(document: Document, spec: FieldSpec, cfg: FieldsConfig, index: int, p: float) -> FieldValue | None:
+    if spec.type == "text":
+        return _text_value(document, spec, index, p)
+    return _typed_value(document, spec, cfg, index, p)
+
+
+def field_values(document: Document, spec: FieldSpec, cfg: FieldsConfig, probabilities: list[float]) -> list[FieldValue]:
+    """The values of one field: the most probable one, or for ``multiple`` every segment labelled with it."""
+    order = sorted(range(len(probabilities)), key=lambda i: -probabilities[i])
+    if spec.multiple:
+        chosen = [i for i in sorted(order) if document.segments[i].label == spec.name]
+    else:
+        chosen = [i for i in order if probabilities[i] >= MIN_PROBABILITY]
+    values: list[FieldValue] = []
+    used: set[str] = set()
+    for i in chosen:
+        if document.segments[i].id in used:
+            continue
+        value = _value_at(document, spec, cfg, i, probabilities[i])
+        if value is None:
+            continue
+        values.append(value)
+        used.update(value.segments)
+        if not spec.multiple:
+            break
+    return values
+
+
+def fill_fields(document: Document, cfg: FieldsConfig, probabilities: np.ndarray | None = None,
+                labels: Sequence[str] = (), thresholds: dict[str, float] | None = None) -> list[FieldValue]:
+    """Set ``document.fields`` from SER's labels (and its full distribution when given); returns them.
+
+    ``thresholds`` (field → confidence needed to go through without review) are recorded on each value.
+    """
+    document.fields = []
+    for spec in cfg.fields:
+        p = field_probabilities(document, probabilities, labels, spec.name)
+        for value in field_values(document, spec, cfg, p):
+            value.threshold = (thresholds or {}).get(spec.name)
+            document.fields.append(value)
+    return document.fields

@@ -1,0 +1,268 @@
+"""Fields as results (issue 12): schema, typed values inside lines, one value per single field, labels
+from known values, class-balanced SER loss, per-field training report, straight-through routing.
+
+Fast tier: synthetic documents and pages rendered here; the real base OCR reads them where OCR matters.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from PIL import Image, ImageDraw, ImageFont
+
+from service.cli import cli
+from service.cli_kie import per_label_lines
+from service.config import ConfigError, PaperloopConfig, load_config
+from service.document import Document, FieldValue, Page, Segment, Word, bbox_to_quad
+from service.fields.bootstrap import bootstrap
+from service.fields.calibration import Outcome, field_threshold, straight_through, thresholds
+from service.fields.extract import fill_fields
+from service.fields.matching import find_value
+from service.fields.schema import FieldsConfig
+from service.fields.values import find_dates, parse_value
+from service.kie import fit
+from service.labels import LabelStore
+from service.review.routing import decide
+from service.store import Store
+
+from conftest import FONT_DIRS, PROJECT_ROOT
+
+RECEIPT = load_config(PROJECT_ROOT / "configs/receipt.yaml")
+SCHEMA = RECEIPT.fields
+
+
+def spec(name: str):  # noqa: ANN201 - a FieldSpec of the receipt schema
+    found = SCHEMA.get(name)
+    assert found is not None
+    return found
+
+
+def line(sid: str, text: str, y: float, x: float = 10.0, label: str | None = None, score: float | None = None,
+         rec: float = 0.99) -> Segment:
+    """An OCR line whose words are placed 12 px per character."""
+    words, cursor = [], x
+    for token in text.split(" "):
+        words.append(Word(token, (cursor, y, cursor + 12 * len(token), y + 20)))
+        cursor += 12 * (len(token) + 1)
+    return Segment(id=sid, box=bbox_to_quad((x, y, cursor, y + 20)), text=text, words=words, label=label,
+                   label_score=score, rec_score=rec, det_version="base", rec_version="base", ser_version="v1")
+
+
+def receipt(segments: list[Segment]) -> Document:
+    return Document(id="r1", source_name="r1.png", sha256="0" * 64, created_at="2026-01-01T00:00:00.000Z",
+                    model_versions={"det": "base", "rec": "base", "ser": "v1"},
+                    pages=[Page(number=1, width=800, height=1200, segments=segments)])
+
+
+# -- 1. the schema ---------------------------------------------------------------------------------
+
+def test_receipt_schema_loads_and_unknown_keys_are_refused(tmp_path: Path) -> None:
+    assert SCHEMA.names == ["company", "address", "date", "total"]
+    assert spec("total").type == "amount" and spec("total").found_by == "key"
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("kie: {labels: [total, other]}\nfields: {fields: [{name: total, colour: red}]}\n")
+    with pytest.raises(ConfigError, match="colour"):
+        load_config(bad)
+    bad.write_text("fields: {fields: [{name: total, type: amount}]}\n")
+    with pytest.raises(ConfigError, match="not SER labels"):
+        load_config(bad)
+    bad.write_text("kie: {labels: [total, other]}\nfields: {fields: [{name: total, found_by: key}]}\n")
+    with pytest.raises(ConfigError, match="needs keys"):
+        load_config(bad)
+
+
+# -- 2. values inside lines --------------------------------------------------------------------------
+
+@pytest.mark.parametrize(("text", "iso"), [
+    ("Date:07/03/2018", "2018-03-07"), ("15/01/201810:59:13", "2018-01-15"), ("19 JUL 2016", "2016-07-19"),
+    (":19 Jul201601:25pm", "2016-07-19"), ("08-06-16", "2016-06-08"), ("2018-03-07 12:00", "2018-03-07"),
+])
+def test_dates_are_read_out_of_their_lines(text: str, iso: str) -> None:
+    assert parse_value(spec("date"), text, SCHEMA).value == iso
+
+
+def test_amounts_keep_their_currency_and_drop_their_key() -> None:
+    total = parse_value(spec("total"), "TOTAL RM 193.00", SCHEMA)
+    assert (total.value, total.currency) == ("193.00", "MYR")
+    assert parse_value(spec("total"), "5.16 91.16", SCHEMA).value == "91.16"
+    assert parse_value(spec("total"), "Total: 1,234.50", SCHEMA).value == "1234.50"
+    assert find_dates("no date here 12:30") == []
+
+
+def test_processed_document_has_fields_with_values_parsed_out_of_lines() -> None:
+    """Before: documents had labelled lines only, no ``fields`` (the user joined lines themselves)."""
+    document = receipt([
+        line("p1-s0000", "99 SPEED MART S/B", 10, label="company", score=0.9),
+        line("p1-s0001", "LOT P.T. 33198, BATU 4", 40, label="address", score=0.8),
+        line("p1-s0002", "JALAN KAPAR 42100 KLANG", 62, label="address", score=0.7),
+        line("p1-s0003", "Date:07/03/2018", 120, label="date", score=0.95),
+        line("p1-s0004", "TOTAL RM 193.00", 300, label="total", score=0.9),
+    ])
+    fill_fields(document, SCHEMA, thresholds={"total": 0.5})
+    values = {f.name: f for f in document.fields}
+    assert values["date"].value == "2018-03-07" and values["date"].raw == "07/03/2018"
+    assert (values["total"].value, values["total"].currency, values["total"].threshold) == ("193.00", "MYR", 0.5)
+    assert values["total"].boxes[0][0] > document.segment("p1-s0004").bbox[0]  # the value's words, not the key's
+    assert values["address"].value == "LOT P.T. 33198, BATU 4 JALAN KAPAR 42100 KLANG"
+    assert values["address"].segments == ["p1-s0001", "p1-s0002"]
+    assert values["company"].versions == {"det": "base", "rec": "base", "ser": "v1"}
+    again = Document.from_dict(json.loads(json.dumps(document.to_dict())))
+    assert again.fields == document.fields
+
+
+def test_a_single_value_field_gets_one_value_the_most_probable() -> None:
+    """Before: SER labelled several lines ``total`` (the tax and the total) and all of them came out."""
+    document = receipt([
+        line("p1-s0000", "GST 6% 5.16", 280, label="total", score=0.55),
+        line("p1-s0001", "TOTAL 91.16", 300, label="total", score=0.85),
+        line("p1-s0002", "CASH 100.00", 320, label="other", score=0.9),
+    ])
+    probabilities = np.array([[0, 0, 0, 0.55, 0.45], [0, 0, 0, 0.85, 0.15], [0, 0, 0, 0.3, 0.7]])
+    fill_fields(document, SCHEMA, probabilities, RECEIPT.kie.labels)
+    totals = [f for f in document.fields if f.name == "total"]
+    assert [(t.value, t.segments) for t in totals] == [("91.16", ["p1-s0001"])]
+    assert totals[0].confidence == pytest.approx(0.85 * 0.99)
+
+
+def test_a_multiple_value_field_keeps_every_labelled_value() -> None:
+    schema = FieldsConfig.model_validate({"fields": [{"name": "total", "type": "amount", "multiple": True}]})
+    document = receipt([line("p1-s0000", "5.16", 280, label="total", score=0.6),
+                        line("p1-s0001", "91.16", 300, label="total", score=0.9)])
+    assert [f.value for f in fill_fields(document, schema)] == ["5.16", "91.16"]
+
+
+# -- 4. labels from known values -------------------------------------------------------------------
+
+def ocr_receipt() -> Document:
+    return receipt([
+        line("p1-s0000", "99SPEEDMART S/B", 10),
+        line("p1-s0001", "LOT P.T.33198,BATU4", 40),
+        line("p1-s0002", "JALANKAPAR 42100 KLANG", 62),
+        line("p1-s0003", "Date:07/03/2018 10:59", 120),
+        line("p1-s0004", "SUBTOTAL 193.00", 280),
+        line("p1-s0005", "TOTAL RM 193.00", 300),
+    ])
+
+
+def test_known_values_are_found_as_values_among_ocr_words() -> None:
+    document = ocr_receipt()
+    assert find_value(document, spec("date"), "7/3/2018", SCHEMA).words == (("p1-s0003", 0),)
+    total = find_value(document, spec("total"), "193", SCHEMA)  # the occurrence after the key TOTAL
+    assert total.words == (("p1-s0005", 2),)
+    company = find_value(document, spec("company"), "99 speed mart s/b", SCHEMA)  # spaces and case forgiven
+    assert company.words == (("p1-s0000", 0), ("p1-s0000", 1))
+    address = find_value(document, spec("address"), "LOT P.T. 33198, BATU 4 JALAN KAPAR 42100 KLANG", SCHEMA)
+    assert address.words[0] == ("p1-s0001", 0) and address.words[-1] == ("p1-s0002", 2)
+    assert find_value(document, spec("company"), "TOTALLY DIFFERENT SHOP NAME", SCHEMA) is None
+
+
+def test_bootstrap_labels_the_value_words_and_keeps_the_rest_of_their_line() -> None:
+    result = bootstrap(ocr_receipt(), {"date": "07/03/2018", "total": "193.00", "company": "99 Speed Mart S/B",
+                                       "address": "nowhere street 1"}, SCHEMA, "other")
+    labelled = {s.label: s.text for s in result.document.segments if s.label != "other"}
+    assert labelled == {"company": "99SPEEDMART S/B", "date": "07/03/2018", "total": "193.00"}
+    rest = {s.text for s in result.document.segments if s.label == "other"}
+    assert {"TOTAL RM", "Date: 10:59", "SUBTOTAL 193.00"} <= rest
+    assert result.missing == ["address"]
+    gold = {f.name: f.value for f in result.document.fields}
+    assert gold == {"company": "99 speed mart s/b", "date": "2018-03-07", "total": "193.00"}
+    ids = {s.id for s in result.document.segments}
+    assert all(seg in ids for f in result.document.fields for seg in f.segments)
+
+
+def render_receipt(path: Path) -> None:
+    font = ImageFont.truetype(str(next(d / "DejaVuSans.ttf" for d in FONT_DIRS if (d / "DejaVuSans.ttf").is_file())), 30)
+    image = Image.new("RGB", (900, 520), "white")
+    draw = ImageDraw.Draw(image)
+    for y, text in [(30, "GREEN LEAF CAFE"), (120, "Date: 07/03/2018"), (210, "Coffee 4.50"), (300, "TOTAL RM 12.80")]:
+        draw.text((60, y), text, fill="black", font=font)
+    image.save(path)
+
+
+def test_import_values_ocrs_the_document_and_files_bootstrapped_gold(tmp_path: Path, models_dir: Path) -> None:
+    """`paperloop import values FILE`: the real base OCR reads a rendered receipt; the values' words are labelled."""
+    render_receipt(tmp_path / "r1.png")
+    (tmp_path / "values.csv").write_text("document,field,value\nr1.png,company,Green Leaf Cafe\n"
+                                         "r1.png,date,7/3/2018\nr1.png,total,12.8\n")
+    config = tmp_path / "config.yaml"
+    config.write_text((PROJECT_ROOT / "configs/receipt.yaml").read_text()
+                      + f"\npaths:\n  root: {tmp_path}\n  models: {models_dir}\n")
+    result = CliRunner().invoke(cli, ["--config", str(config), "import", "values", str(tmp_path / "values.csv")])
+    assert result.exit_code == 0, result.output
+    assert "date" in result.output and "3 found" not in result.output
+    cfg = load_config(config)
+    store = Store(cfg.paths.database)
+    try:
+        [gold] = LabelStore(store).documents("train")
+        [(source,)] = store.db.execute("SELECT source FROM gold_documents").fetchall()
+    finally:
+        store.close()
+    assert source == "values:bootstrapped"
+    assert {f.name: f.value for f in gold.fields} == {"company": "green leaf cafe", "date": "2018-03-07",
+                                                      "total": "12.80"}
+    labelled = {s.label: s.text for s in gold.segments if s.label != "other"}
+    assert labelled["total"] == "12.80" and "date" in labelled
+
+
+# -- 3. rare fields are learned and reported --------------------------------------------------------
+
+def test_class_weights_lift_a_rare_field_and_the_loss_uses_them() -> None:
+    """Before: plain cross-entropy; one total line among ~55 weighed 1/55 of the loss and vanished."""
+    labels = np.array([4] * 54 + [3])
+    example = fit.Example(None, labels, np.zeros((55, 55), np.float32), fit.one_hot(labels, 5))  # type: ignore[arg-type]
+    weights = fit.class_weights([example], 5)
+    assert weights[3] / weights[4] == pytest.approx(np.sqrt(54), rel=1e-4)
+    assert np.allclose(fit.class_weights([example], 5, "none"), 1.0)
+    assert PaperloopConfig().kie.training.class_balance == "inverse_sqrt"
+
+
+def test_train_prints_per_field_figures() -> None:
+    """Before: `train ser` printed only the overall validation Hmean; a field at 0 went unnoticed."""
+    metrics = {"validation": {"total": {"precision": 0.0, "recall": 0.0, "hmean": 0.0},
+                              "date": {"precision": 0.9, "recall": 0.8, "hmean": 0.8471},
+                              "overall": {"precision": 0.9, "recall": 0.5, "hmean": 0.64}}}
+    lines = per_label_lines(metrics, {"split": "holdout", "metrics": {"hmean": 0.6, "total_hmean": 0.0,
+                                                                       "date_hmean": 0.8}})
+    assert any(l.split()[:4] == ["total", "0.0000", "0.0000", "0.0000"] for l in lines)
+    assert any(l.split()[0] == "date" and l.split()[-1] == "0.8000" for l in lines)
+
+
+def test_macro_hmean_does_not_let_a_rare_field_vanish() -> None:
+    gold = ["other"] * 50 + ["total"] * 2
+    never = ["other"] * 52
+    scores = fit.ser_scores(gold, never, ["total", "other"], ignored="other")
+    assert fit.macro_hmean(scores, ["total", "other"]) == 0.0
+
+
+# -- 5. straight-through processing ------------------------------------------------------------------
+
+def test_thresholds_are_set_so_accepted_values_meet_the_target() -> None:
+    values = [Outcome("total", c, ok) for c, ok in
+              [(0.99, True), (0.97, True), (0.95, True), (0.9, False), (0.8, True), (0.7, False), (None, False)]]
+    assert field_threshold(values, 0.98) == 0.95
+    assert field_threshold(values, 0.75) == 0.8
+    assert field_threshold([Outcome("total", 0.9, False)], 0.98) == 1.0  # never reached: always review
+    docs = [[o] for o in values]
+    cut = thresholds(docs, 0.98)
+    result = straight_through(docs, cut, ["total"])
+    assert result["accepted"] == 3 and result["field_accuracy"] == 1.0
+
+
+def test_documents_go_straight_through_on_their_fields() -> None:
+    """Before: any line read below 0.80 (every receipt has one) sent the document to review."""
+    cfg = RECEIPT.model_copy(deep=True)
+    cfg.review.audit_percent = 0
+    document = receipt([line("p1-s0000", "~~smudge~~", 500, rec=0.3)])
+    document.fields = [FieldValue(name, "x", "x", 1, confidence=0.95, threshold=0.9) for name in SCHEMA.names]
+    assert not decide(document, cfg).needs_review
+    document.fields[3].confidence = 0.5
+    decision = decide(document, cfg)
+    assert decision.needs_review and [r.field for r in decision.reasons] == ["total"]
+    document.fields = document.fields[:3]
+    assert "not found" in decide(document, cfg).summary
+    document.fields = [FieldValue(name, "x", "x", 1, confidence=0.95) for name in SCHEMA.names]  # never calibrated
+    assert decide(document, cfg).needs_review
