@@ -266,3 +266,29 @@ def test_documents_go_straight_through_on_their_fields() -> None:
     assert "not found" in decide(document, cfg).summary
     document.fields = [FieldValue(name, "x", "x", 1, confidence=0.95) for name in SCHEMA.names]  # never calibrated
     assert decide(document, cfg).needs_review
+
+
+# -- real receipts (slow tier) -----------------------------------------------------------------------
+
+SROIE = PROJECT_ROOT.parent / "shared/datasets/sroie-dev"
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not (SROIE / "entities").is_dir(), reason="sroie-dev not present")
+def test_sroie_values_are_found_in_the_base_ocr(cfg: PaperloopConfig) -> None:
+    """Five SROIE receipts read by the base OCR: their known date and total are found and labelled as values."""
+    from service.pipeline import DocumentPipeline
+
+    cfg = cfg.model_copy(update={"kie": RECEIPT.kie, "fields": SCHEMA})
+    pipeline = DocumentPipeline(cfg)
+    found = 0
+    for entities in sorted((SROIE / "entities").glob("*.txt"))[:5]:
+        values = json.loads(entities.read_text())
+        image = SROIE / "img" / f"{entities.stem}.jpg"
+        result = bootstrap(pipeline.process_file(image, entities.stem, "0" * 64, image.name), values, SCHEMA, "other")
+        gold = {f.name: f for f in result.document.fields}
+        found += sum(name in gold for name in ("date", "total", "company"))
+        if "total" in gold:
+            [segment] = [s for s in result.document.segments if s.label == "total"]
+            assert parse_value(spec("total"), segment.text, SCHEMA).value == gold["total"].value
+    assert found >= 12  # of 15
