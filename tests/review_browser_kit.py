@@ -171,9 +171,10 @@ def editor_ready(page: Any, document_id: str) -> Any:
 
 
 def editor(page: Any, script: str) -> Any:
-    """Evaluate ``script`` (a function of the editor's state ``S``) in the editor's frame."""
-    return page.evaluate(f"() => {{ const S = document.querySelector(\"{EDITOR}\").contentWindow.__paperloopEditor;"
-                         f" return ({script})(S); }}")
+    """Evaluate ``script`` (a function of the editor's state ``S``; ``document`` is the editor's) in the
+    editor's frame."""
+    return page.evaluate(f"() => {{ const W = document.querySelector(\"{EDITOR}\").contentWindow;"
+                         f" return (function (document) {{ return ({script})(W.__paperloopEditor); }})(W.document); }}")
 
 
 def segment_centre(page: Any, frame: Any, segment_id: str) -> tuple[float, float]:

@@ -33,6 +33,21 @@ def _last_training(version: str | None, at: str | None) -> str:
     return f"no learning run yet ({version} in the registry)" if version else "no model yet"
 
 
+def _label_chart(table: pd.DataFrame) -> alt.Chart:
+    """Segments per label, one bar per split: every label named (its own row, never thinned out)."""
+    long = table.melt("Label", var_name="Split", value_name="Segments")
+    long = long[long["Segments"] > 0]
+    labels = list(table["Label"])
+    splits = sorted(long["Split"].unique()) or ["train"]
+    return alt.Chart(long).mark_bar().encode(
+        y=alt.Y("Label:N", sort=labels, title=None, axis=alt.Axis(labelOverlap=False, labelLimit=220)),
+        yOffset=alt.YOffset("Split:N", sort=splits),
+        x=alt.X("Segments:Q"),
+        color=alt.Color("Split:N", sort=splits, legend=alt.Legend(orient="bottom", title=None)),
+        tooltip=["Label", "Split", "Segments"],
+    ).properties(height=max(120, 16 * len(labels) * len(splits) + 10 * len(labels)))
+
+
 def render(service: ReviewService, cfg: PaperloopConfig, reviewer: str) -> None:
     """The data page."""
     st.markdown("## Gold labels")
@@ -60,16 +75,7 @@ def render(service: ReviewService, cfg: PaperloopConfig, reviewer: str) -> None:
                               for label, counts in per_label.items()])
         left, right = st.columns([1, 1.4])
         left.dataframe(table, hide_index=True, width="stretch")
-        long = table.melt("Label", var_name="Split", value_name="Segments")
-        colours = label_colours([label for label in per_label if label != "(none)"])
-        colours["(none)"] = "#9e9e9e"
-        chart = alt.Chart(long).mark_bar().encode(
-            x=alt.X("Segments:Q"), y=alt.Y("Label:N", sort="-x"),
-            color=alt.Color("Label:N", scale=alt.Scale(domain=list(colours), range=list(colours.values())),
-                            legend=None),
-            row=alt.Row("Split:N", title=None), tooltip=["Label", "Split", "Segments"],
-        ).properties(height=90)
-        right.altair_chart(chart, width="stretch")
+        right.altair_chart(_label_chart(table), width="stretch")
     else:
         st.info("No gold labels yet: they appear here as reviewers save documents.")
 
@@ -95,8 +101,8 @@ def _exports(service: ReviewService, cfg: PaperloopConfig, reviewer: str) -> Non
         splits = c[0].multiselect("Splits", SPLITS, default=["train", "holdout"], key="export_splits")
         formats = c[1].multiselect("Formats", EXPORT_FORMATS, default=list(EXPORT_FORMATS),
                                    format_func=FORMAT_NAMES.get, key="export_formats")
-        only_review = c[2].checkbox("Reviewed only", value=False, key="export_only_review",
-                                    help="Leave out imported data sets")
+        only_review = c[2].checkbox("Reviewed only", value=True, key="export_only_review",
+                                    help="Only what reviewers saved; untick to add the imported data sets too")
         go = st.form_submit_button("Export", type="primary")
     if go:
         with st.spinner("Exporting…"):

@@ -11,6 +11,18 @@ from service.review import QUEUE_ORDERS, REVIEWED, ReviewService, human_age
 
 KINDS = {"rec": "recognition", "ser": "label", "re": "link", "field": "field threshold", "no_text": "no text",
          "audit": "audit sample", "pipeline": "pipeline", "manual": "opened by hand"}
+# Widths that fit the wide layout at 1280 px and up: nothing is cut off but the reason, which wraps to
+# its tooltip.
+QUEUE_COLUMNS = {
+    "Document": st.column_config.TextColumn("Document", width=105),
+    "File": st.column_config.TextColumn("File", width=190),
+    "Pages": st.column_config.NumberColumn("Pages", width=55),
+    "Why": st.column_config.TextColumn("Why", width=330),
+    "Uncertainty": st.column_config.ProgressColumn("Uncertainty", min_value=0.0, max_value=1.0, format="%.2f",
+                                                   help="Mean segment uncertainty", width=105),
+    "Age": st.column_config.TextColumn("Age", width=60),
+    "Claimed by": st.column_config.TextColumn("Claimed by", width=95),
+}
 ORDER_NAMES = {"informative": "Most informative first", "oldest": "Oldest first", "newest": "Newest first"}
 
 
@@ -66,12 +78,7 @@ def render(service: ReviewService, cfg: PaperloopConfig, reviewer: str) -> None:
         picked = st.dataframe(
             table, hide_index=True, width="stretch", key="queue_table", on_select="rerun",
             selection_mode="single-row",
-            column_config={
-                "Uncertainty": st.column_config.ProgressColumn("Uncertainty", min_value=0.0, max_value=1.0,
-                                                               format="%.2f", help="Mean segment uncertainty"),
-                "Why": st.column_config.TextColumn("Why", width="large"),
-                "Pages": st.column_config.NumberColumn("Pages", width="small"),
-            })
+            column_config=QUEUE_COLUMNS)
         rows = list(getattr(getattr(picked, "selection", None), "rows", []) or [])
         ids = [i.document_id for i in items]
         c = st.columns([2, 1, 3])
