@@ -32,6 +32,7 @@ if not reviewer:
     login.render(accounts)
     st.stop()
 
+document.on_event(service, cfg, reviewer)
 views = {"Queue": queue.render, "Document": document.render, "Data": data.render, "Models": models.render}
 with st.sidebar:
     st.markdown("### :material/fact_check: Paperloop review")

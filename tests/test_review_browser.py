@@ -117,26 +117,6 @@ BEFOREUNLOAD = """() => {
 }"""
 
 
-def _choose(page, label: str, option: str, attempts: int = 4) -> None:
-    """Pick an option of the Streamlit selectbox with this label.
-
-    A rerun of the app that lands between opening the list and clicking closes the list again
-    (seen once in CI), so the list is reopened a few times before giving up.
-    """
-    choice = page.get_by_role("option", name=option).first
-    for attempt in range(attempts):
-        page.locator('[data-testid="stSelectbox"]').filter(has_text=label).first.click()
-        try:
-            choice.wait_for(timeout=5000)
-            choice.click(timeout=5000)
-            return
-        except playwright_api.Error:
-            if attempt == attempts - 1:
-                raise
-            page.keyboard.press("Escape")
-            page.wait_for_timeout(1000)
-
-
 def test_reviewer_fixes_a_document_in_the_browser(processed: PaperloopConfig, review_app: str) -> None:
     cfg = processed
     database = cfg.paths.database
@@ -169,24 +149,25 @@ def test_reviewer_fixes_a_document_in_the_browser(processed: PaperloopConfig, re
             page.get_by_text("Review queue").first.wait_for()
             assert page.get_by_role("button", name="Log in").count() == 0
             page.get_by_role("button", name="Start with the next document").click()
-            page.get_by_role("button", name="Accept & next").wait_for()
+            page.frame_locator("iframe[title*='box_editor']").locator("#svg g.seg").first.wait_for()
 
-            # select the first box on the page image; correct its text and label
+            # select the first box on the page image; correct its text (Enter edits) and label (hotkey 2)
             editor = page.frame_locator("iframe[title*='box_editor']")
             editor.locator(f"g[data-id='{first[0]}'] rect.body").click()
-            text = page.get_by_label("Text", exact=True)
+            text = editor.get_by_label("Segment text")
             playwright_api.expect(text).to_have_value(first[1])
-            text.fill("Corrected by alice")
-            text.press("Enter")
-            page.get_by_text("unsaved changes").wait_for()
+            page.keyboard.press("Enter")
+            page.keyboard.press("Control+A")
+            page.keyboard.type("Corrected by alice")
+            page.keyboard.press("Enter")
+            editor.get_by_text("unsaved changes").wait_for()
             # leaving the tab now would lose edits: the browser asks first
             page.wait_for_function("() => window.__paperloopDirty === true")
             assert page.evaluate(BEFOREUNLOAD)
-            _choose(page, "Label", "question")
-            page.wait_for_timeout(1500)  # the app runs again
+            page.keyboard.press("2")  # the schema's second label: question
 
             # draw a box for text the model missed: drag on empty space in the image
-            svg = editor.locator("svg")
+            svg = editor.locator("#svg")
             box = svg.bounding_box()
             start = (box["x"] + box["width"] * 0.05, box["y"] + box["height"] * 0.965)
             page.mouse.move(*start)
@@ -198,25 +179,23 @@ def test_reviewer_fixes_a_document_in_the_browser(processed: PaperloopConfig, re
 
             # select the first box again and resize it: drag its bottom-right handle
             editor.locator(f"g[data-id='{first[0]}'] rect.body").click()
-            page.wait_for_timeout(1500)  # the app runs again
-            playwright_api.expect(page.get_by_label("Text", exact=True).first).to_have_value("Corrected by alice")
+            playwright_api.expect(text).to_have_value("Corrected by alice")
             handle = editor.locator("rect.handle[data-handle='se']").bounding_box()
             page.mouse.move(handle["x"] + handle["width"] / 2, handle["y"] + handle["height"] / 2)
             page.mouse.down()
             page.mouse.move(handle["x"] + 30, handle["y"] + 8, steps=5)
             page.mouse.up()
-            page.wait_for_timeout(1500)
 
-            # link the first box (key) to the second (value)
-            _choose(page, "Value", f"#2 · {second[1][:40]}")
-            page.get_by_role("button", name="Add link").click()
-            page.get_by_text("Key → value links (1)").wait_for()
-            page.get_by_text(f"→ p1 #2 · {EVIL}").wait_for()  # shown as text
-            assert page.locator("img[src='x']").count() == 0
+            # link the first box (key) to the second (value): L, then click the key and the value
+            page.keyboard.press("l")
+            editor.locator(f"g[data-id='{first[0]}'] rect.body").click()
+            editor.locator(f"g[data-id='{second[0]}'] rect.body").click(force=True)
+            editor.locator("#pairs .row", has_text=EVIL[:20]).wait_for()  # shown as text
+            assert page.locator("img[src='x']").count() == 0 and editor.locator("img[src='x']").count() == 0
             time.sleep(1.0)  # let the image settle before the screenshot
             page.screenshot(path=str(ARTIFACTS / "review-document-page.png"), full_page=True)
-            page.get_by_role("button", name="Save").first.click()
-            page.get_by_text("Saved doc-").wait_for()
+            page.keyboard.press("Control+S")
+            editor.locator("#status", has_text="Saved doc-").wait_for()
             page.wait_for_function("() => window.__paperloopDirty === false")
             assert not page.evaluate(BEFOREUNLOAD)
         except Exception:

@@ -44,8 +44,9 @@ def _status(message: str, kind: str = "", action: str = "", started: float | Non
 # -- the editor's events (run before the page is drawn again) -----------------------------------
 
 
-def _on_event(service: ReviewService, cfg: PaperloopConfig, reviewer: str) -> None:
-    """Answer the editor's latest event, once."""
+def on_event(service: ReviewService, cfg: PaperloopConfig, reviewer: str) -> None:
+    """Answer the editor's latest event, once (the editor's callback; the app calls it again before the
+    sidebar, a no-op unless an event arrived without its callback)."""
     state = _state()
     event: dict[str, Any] | None = state.get(EDITOR_KEY)
     seen = state.setdefault("seen_events", set())
@@ -154,7 +155,7 @@ def render(service: ReviewService, cfg: PaperloopConfig, reviewer: str) -> None:
     labels = _labels(cfg, draft)
     load_key = f"{document_id}@{state['draft_rev']}#{state.get('editor_loads', 0)}"
     page_editor(_editor_doc(cfg, draft, load_key), _images(service, draft), labels, label_colours(labels), load_key,
-                state.get("editor_status"), state.get("editor_reread"), _on_event, (service, cfg, reviewer))
+                state.get("editor_status"), state.get("editor_reread"), on_event, (service, cfg, reviewer))
     with st.expander("History of this document"):
         _history(service, document_id)
 

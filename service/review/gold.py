@@ -35,8 +35,9 @@ def segment_words(segment: Segment) -> list[Word]:
     return [Word(text=segment.text, box=segment.bbox)] if segment.text.strip() else []
 
 
-def _word_keys(segment: Segment) -> set[tuple[str, tuple[int, ...]]]:
-    return {(w.text, tuple(round(v) for v in w.box)) for w in segment_words(segment)}
+def _word_keys(segment: Segment) -> set[tuple[int, ...]]:
+    """The segment's words by their place on the page (a word's text may have been corrected since)."""
+    return {tuple(round(v) for v in w.box) for w in segment_words(segment)}
 
 
 def _grouping_changes(old: dict[str, Segment], new: dict[str, Segment], versions: Any) -> list[Change]:

@@ -481,7 +481,7 @@
   function clickSegment(id, evt) {
     S.selLink = null;
     if (S.mode === "link") {
-      if (!S.linkFrom) { S.linkFrom = id; S.sel = [id]; draw(); status("Now click the value", ""); }
+      if (!S.linkFrom || S.linkFrom === id) { S.linkFrom = id; S.sel = [id]; draw(); status("Now click the value", ""); }
       else { const k = S.linkFrom; S.linkFrom = null; S.sel = [id]; addLink(k, id); status("Linked", "ok"); }
       return;
     }
