@@ -292,3 +292,14 @@ def test_sroie_values_are_found_in_the_base_ocr(cfg: PaperloopConfig) -> None:
             [segment] = [s for s in result.document.segments if s.label == "total"]
             assert parse_value(spec("total"), segment.text, SCHEMA).value == gold["total"].value
     assert found >= 12  # of 15
+
+
+def test_the_learning_gate_rejects_a_candidate_that_loses_a_field() -> None:
+    """SER's metrics carry each field's Hmean, and the gate holds each one to learning.tolerance."""
+    from service.tasks import get_task
+
+    rule = get_task("ser").gate_rule(RECEIPT)
+    current = {"hmean": 0.80, "company_hmean": 0.7, "total_hmean": 0.6}
+    ok, why = rule.decide({"hmean": 0.85, "company_hmean": 0.9, "total_hmean": 0.2}, current)
+    assert not ok and "total_hmean" in why
+    assert rule.decide({"hmean": 0.85, "company_hmean": 0.9, "total_hmean": 0.6}, current)[0]
