@@ -117,10 +117,16 @@
 
   // -- edits (each one: snapshot, change, redraw; no server) ------------------------------------
 
+  /* Record how long an edit took: in the handler (ms) and until the next frame is drawn (frame_ms). */
+  function record(name, t0) {
+    const entry = {action: name, ms: performance.now() - t0, frame_ms: null};
+    S.timings.push(entry);
+    requestAnimationFrame(() => requestAnimationFrame(() => { entry.frame_ms = performance.now() - t0; }));
+  }
   function timed(name, fn) {
     const t0 = performance.now();
     fn();
-    S.timings.push({action: name, ms: performance.now() - t0});
+    record(name, t0);
   }
   function setText(id, text) { const s = seg(id); if (s && s.text !== text) { s.text = text; s.words = []; s.reread = false; } }
   function setLabel(label) {
@@ -561,7 +567,7 @@
       const s = seg(d.id);
       s.box = s.box.map(Math.round);
       changed();
-      S.timings.push({action: "box", ms: performance.now() - t0});
+      record("box", t0);
     }
   });
   view.addEventListener("wheel", function (evt) {
@@ -644,7 +650,7 @@
     setText(id, textBox.value);
     visit([id]);
     changed();
-    S.timings.push({action: "text", ms: performance.now() - t0});
+    record("text", t0);
   });
   textBox.addEventListener("blur", () => { S.typing = null; });
   document.addEventListener("keydown", onKey, true);
