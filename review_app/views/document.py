@@ -169,10 +169,9 @@ def _header(service: ReviewService, draft: Document, document_id: str) -> None:
     uncertainty = f" · uncertainty {item.uncertainty:.2f}" if item else ""
     status = f" · reviewed by {common.md(item.reviewed_by)}" if item and item.reviewed_by else ""
     pills = common.reason_pills(item.reasons) if item else ""
-    st.markdown(f'<div style="display:flex;gap:14px;align-items:baseline;flex-wrap:wrap"><b style="font-size:1.15rem">'
-                f'{common.md(draft.source_name)}</b><span class="pl-muted">{common.md(document_id)} · '
-                f'{len(draft.pages)} page(s) · revision {_state()["draft_rev"]}{uncertainty}{status}</span>'
-                f'<span>{pills}</span></div>', unsafe_allow_html=True)
+    st.markdown(f'**{common.md(draft.source_name)}** &nbsp; <span class="pl-muted">{common.md(document_id)} · '
+                f'{len(draft.pages)} page(s) · revision {_state()["draft_rev"]}{uncertainty}{status}</span> &nbsp; {pills}',
+                unsafe_allow_html=True)
 
 
 def _editor_doc(cfg: PaperloopConfig, draft: Document, load_key: str) -> dict[str, Any]:

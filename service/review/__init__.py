@@ -9,6 +9,9 @@
   audit log.
 * :mod:`~service.review.queue`: :class:`ReviewService`, the queue, claims and atomic gold saves.
 * :mod:`~service.review.edits`: changes to a working copy made in the review app.
+* :mod:`~service.review.editor`: the page editor's starting document and its save's diff; entities in
+  reading order.
+* :mod:`~service.review.reread`: re-reading a reviewer's box with the rec model in service.
 * :mod:`~service.review.exports`: :func:`export_gold`, the gold set in PaddleOCR's formats.
 * :mod:`~service.review.models`: model versions and Hmean history for the Models page.
 
@@ -29,12 +32,14 @@ from service.review.edits import (
     KNOWN_COLOURS, LABEL_COLOURS, UNLABELLED_COLOUR, add_link, add_segment, apply_box_event, apply_table_edits,
     delete_segment, label_colours, new_segment_id, page_of, remove_link, update_segment,
 )
+from service.review.editor import EditorDiffError, apply_editor_diff, editor_document, joined_text, reading_order
 from service.review.exports import (
     EXPORT_FORMATS, ExportError, ExportRecord, create_export, export_archive, export_det, export_gold, export_kie,
     export_rec, exports_root, resolve_image,
 )
-from service.review.gold import BOX_TOLERANCE, Change, diff_documents, to_gold
+from service.review.gold import BOX_TOLERANCE, Change, diff_documents, segment_words, to_gold
 from service.review.models import hmean_history, learning_history, model_versions
+from service.review.reread import Reread, reread_box
 from service.review.queue import (
     QUEUE_ORDERS, REVIEW_SOURCE, REVIEWED, WAITING, ClaimError, ConflictError, QueueItem, ReviewError,
     ReviewService, SaveResult, human_age, task_counts,
@@ -54,7 +59,7 @@ __all__ = [
     # accounts, logins, sessions
     "AccountError", "LockedOut", "LoginError", "Reviewer", "ReviewerAccounts", "check_account_name",
     # gold documents and diffs
-    "BOX_TOLERANCE", "Change", "diff_documents", "to_gold",
+    "BOX_TOLERANCE", "Change", "diff_documents", "segment_words", "to_gold",
     # the queue
     "QUEUE_ORDERS", "REVIEW_SOURCE", "REVIEWED", "WAITING", "ClaimError", "ConflictError", "QueueItem",
     "ReviewError", "ReviewService", "SaveResult", "human_age", "task_counts",
@@ -62,6 +67,8 @@ __all__ = [
     "KNOWN_COLOURS", "LABEL_COLOURS", "UNLABELLED_COLOUR", "add_link", "add_segment", "apply_box_event",
     "apply_table_edits", "delete_segment", "label_colours", "new_segment_id", "page_of", "remove_link",
     "update_segment",
+    # the page editor and re-reading
+    "EditorDiffError", "apply_editor_diff", "editor_document", "joined_text", "reading_order", "Reread", "reread_box",
     # exports
     "EXPORT_FORMATS", "ExportError", "ExportRecord", "create_export", "export_archive", "export_det", "export_gold",
     "export_kie", "export_rec", "exports_root", "resolve_image",

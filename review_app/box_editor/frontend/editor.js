@@ -20,7 +20,7 @@
     page: 1, sel: [], selLink: null, mode: "select", linkFrom: null,
     visited: new Set(), undo: [], onlyUncertain: false,
     zoom: parseFloat(localStorage.getItem(ZOOM_KEY) || "1") || 1,
-    drag: null, space: false, counter: 0, nextRequest: 1,
+    drag: null, space: false, typing: null, counter: 0, nextRequest: 1,
     rereadQueue: [], rereadSent: null, busy: null, textBefore: null,
   };
   window.__paperloopEditor = S;  // read by the browser tests and bench/review.py
