@@ -39,10 +39,10 @@ class TrainedModel:
     history: fit.History = field(default_factory=fit.History)
 
 
-def settings_from_config(kie: KieConfig, epochs: int | None = None, seed: int | None = None) -> fit.TrainSettings:
+def settings_from_config(kie: KieConfig, epochs: int | None = None, seed: int | None = None) -> fit.SerTrainSettings:
     """Training settings from ``kie.training``, optionally overriding epochs and seed."""
     t = kie.training
-    return fit.TrainSettings(epochs=epochs or t.epochs, batch_size=t.batch_size, learning_rate=t.learning_rate,
+    return fit.SerTrainSettings(epochs=epochs or t.epochs, batch_size=t.batch_size, learning_rate=t.learning_rate,
                            weight_decay=t.weight_decay, dim=t.dim, layers=t.layers, heads=t.heads,
                            embed_dim=t.embed_dim, dropout=t.dropout, seed=t.seed if seed is None else seed,
                            class_balance=t.class_balance)
@@ -78,7 +78,8 @@ def train_ser(train_docs: Sequence[Document], val_docs: Sequence[Document], labe
     train = [fit.make_example(d, labels) for d in training_documents(list(train_docs), with_lines)]
     val = [fit.make_example(d, labels) for d in val_docs]
     model = SerModel(len(labels), **settings.encoder_args())
-    loss = fit.weighted_ser_loss(fit.class_weights(train, len(labels), settings.class_balance))
+    balance = getattr(settings, "class_balance", "none")  # plain TrainSettings: unweighted, as before
+    loss = fit.weighted_ser_loss(fit.class_weights(train, len(labels), balance))
 
     def validate() -> float:  # macro over the fields: a rare field must not vanish for the sake of `other`
         return fit.macro_hmean(fit.ser_evaluate(fit.ser_logits(model, val), val, labels), labels)

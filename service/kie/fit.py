@@ -39,12 +39,18 @@ class TrainSettings:
     embed_dim: int = KIE_DEFAULTS.embed_dim
     dropout: float = KIE_DEFAULTS.dropout
     seed: int = KIE_DEFAULTS.seed
-    class_balance: str = "inverse_sqrt"  # SER loss weights per label: "inverse_sqrt" or "none"
 
     def encoder_args(self) -> dict[str, Any]:
         """Keyword arguments of :class:`SegmentEncoder`."""
         return {"dim": self.dim, "heads": self.heads, "layers": self.layers,
                 "embed_dim": self.embed_dim, "dropout": self.dropout}
+
+
+@dataclass
+class SerTrainSettings(TrainSettings):
+    """SER's settings: the shared ones plus the loss's label weighting (``kie.training.class_balance``)."""
+
+    class_balance: str = "inverse_sqrt"  # "inverse_sqrt" or "none" (see :func:`class_weights`)
 
 
 @dataclass
