@@ -156,9 +156,7 @@ def run(forms: int) -> dict[str, Any]:
             log_in(page, url)
             page.get_by_role("button", name="Start with the next document").click()
             for n in range(len(ids)):
-                if n == 0:
-                    editor_ready(page, ids[0])
-                page.frame_locator(EDITOR).locator("#svg g.seg").first.wait_for()
+                editor_ready(page)
                 document_id = editor(page, "S => S.docId")
                 _review_one(page, count, reread_ms)
                 timings.extend(editor(page, "S => S.timings.splice(0)"))

@@ -160,13 +160,14 @@ def open_document(page: Any, document_id: str) -> Any:
     return editor_ready(page, document_id)
 
 
-def editor_ready(page: Any, document_id: str) -> Any:
-    """The editor's frame, once it holds ``document_id``."""
+def editor_ready(page: Any, document_id: str | None = None) -> Any:
+    """The editor's frame, once it holds ``document_id`` (any document when ``None``)."""
     frame = page.frame_locator(EDITOR)
     frame.locator("#svg g.seg").first.wait_for()
+    wanted = f"=== '{document_id}'" if document_id else "!== null"
     page.wait_for_function(
         f"() => {{ const f = document.querySelector(\"{EDITOR}\"); return f && f.contentWindow.__paperloopEditor"
-        f" && f.contentWindow.__paperloopEditor.docId === '{document_id}'; }}")
+        f" && f.contentWindow.__paperloopEditor.docId {wanted}; }}")
     return frame
 
 
