@@ -196,6 +196,9 @@ class KieTrainingConfig(StrictModel):
     seed: int = KIE_DEFAULTS.seed
     validation_fraction: float = Field(KIE_DEFAULTS.validation_fraction, gt=0, lt=1)
     line_augmentation: bool = True  # also train on gold entities split into lines, as OCR sees them
+    # Also train on what service sees: the gold page read by the OCR in service, its words aligned
+    # to the gold entities (service/kie/service_view.py; cached per det/rec version).
+    service_view: bool = True
 
 
 class LayoutXLMConfig(StrictModel):

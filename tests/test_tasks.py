@@ -14,7 +14,7 @@ from click.testing import CliRunner
 
 from service.cli import cli
 from service.config import PaperloopConfig
-from service.document import Document, Link, Page, Segment
+from service.document import Document, Link, Page, Segment, Word
 from service.finetune.det_train import DetTrainConfig
 from service.finetune.rec_train import FinetuneSettings
 from service.kie.fit import TrainSettings
@@ -29,7 +29,7 @@ from service.tasks.rec import DEFAULTS as REC
 
 
 def test_every_task_declares_its_contract() -> None:
-    assert [task.name for task in all_tasks()] == list(TASK_NAMES) == ["det", "rec", "ser", "re"]
+    assert [task.name for task in all_tasks()] == list(TASK_NAMES) == ["det", "rec", "group", "ser", "re"]
     for task in all_tasks():
         assert task.title and task.metric_names, task.name
         assert get_task(task.name) is task
@@ -68,11 +68,13 @@ def test_the_registered_tasks_are_what_every_surface_lists() -> None:
 
 def test_gold_items_per_task() -> None:
     page = Page(number=1, width=100, height=100, image="", segments=[
-        Segment(id="a", box=[(0, 0), (1, 0), (1, 1), (0, 1)], text="Date:", label="question"),
+        Segment(id="a", box=[(0, 0), (1, 0), (1, 1), (0, 1)], text="Date:", label="question",
+                words=[Word("Date:", (0, 0, 1, 1))]),
         Segment(id="b", box=[(2, 0), (3, 0), (3, 1), (2, 1)], text="  ", label=None)])
     document = Document(id="d", source_name="d.png", sha256="", created_at="", pages=[page],
                         links=[Link(key="a", value="b")])
-    assert {task.name: task.gold_items(document) for task in all_tasks()} == {"det": 2, "rec": 1, "ser": 1, "re": 1}
+    assert {task.name: task.gold_items(document) for task in all_tasks()} == {"det": 2, "rec": 1, "group": 1, "ser": 1,
+                                                                                    "re": 1}
 
 
 def test_overrides_a_task_has_no_setting_for_are_refused() -> None:

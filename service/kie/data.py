@@ -27,6 +27,16 @@ def _lines_of(segment: Segment) -> list[Segment]:
     ]
 
 
+def _words_spell_text(segment: Segment) -> bool:
+    return " ".join(w.text for w in segment.words).split() == segment.text.split()
+
+
+def line_segments(segments: list[Segment]) -> list[Segment]:
+    """Segments as text lines: an entity whose words spell its text is split into its lines; one
+    whose text was changed after its words were placed (a reviewer's fix) is kept whole."""
+    return [line for s in segments for line in (_lines_of(s) if s.words and _words_spell_text(s) else [s])]
+
+
 def split_into_lines(document: Document) -> Document:
     """The document with every multi-line segment split into its lines (needs word boxes)."""
     first_line: dict[str, str] = {}

@@ -6,7 +6,7 @@ import tempfile
 import threading
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import paddle
@@ -19,7 +19,11 @@ from service.ocr.engine import Predictor
 from service.paddle_noise import quiet_export
 from service.registry import ModelRegistry
 
+if TYPE_CHECKING:
+    from service.kie.grouping import Group, WordPage
+
 PageImages = dict[int, np.ndarray]  # page number → H×W×3 RGB uint8
+KIE_TASKS = ("group", "ser", "re")  # the document-level tasks whose models this module loads
 SER_MODEL_NAME = "PaperloopGraphSER"
 RE_MODEL_NAME = "PaperloopGraphRE"
 
@@ -99,20 +103,44 @@ class KieModels:
         self._multiple_values = multiple_values
         self._link_threshold = link_threshold
         self._lock = threading.Lock()
+        self.group: _LoadedModel | None = None
         self.ser: _LoadedModel | None = None
         self.re: _LoadedModel | None = None
 
     def refresh(self) -> dict[str, str]:
-        """Load whatever SER/RE versions are in service now; returns them (empty when none)."""
+        """Load whatever grouping/SER/RE versions are in service now; returns them (empty when none)."""
         with self._lock:
-            for task in ("ser", "re"):
+            for task in KIE_TASKS:
                 version = self._pinned.get(task) or self._registry.current_version(task)
                 loaded = getattr(self, task)
                 if version is None:
                     setattr(self, task, None)
                 elif loaded is None or loaded.version != version:
                     setattr(self, task, _LoadedModel(self._registry, task, version, self._threads))
-            return {t: m.version for t, m in (("ser", self.ser), ("re", self.re)) if m is not None}
+            loaded_models = ((t, getattr(self, t)) for t in KIE_TASKS)
+            return {t: m.version for t, m in loaded_models if m is not None}
+
+    def form_entities(self, document: Document) -> None:
+        """Replace each page's OCR lines with the entities the grouping model in service forms from
+        their words (nothing without a grouping model; a page over ``MAX_WORDS`` words keeps its lines)."""
+        from service.kie.grouping import MAX_WORDS, line_page, regroup_page
+
+        if self.group is None:
+            return
+        for page in document.pages:
+            words = line_page(page)
+            if words.units and len(words.units) <= MAX_WORDS:
+                regroup_page(page, self.groups_of(words), words.units, self.group.version)
+
+    def groups_of(self, words: "WordPage") -> list["Group"]:
+        """The entities the grouping model in service forms from a page's words (needs one in service)."""
+        from service.kie.grouping import decode_groups, word_features
+
+        assert self.group is not None, "no grouping model in service"
+        f = word_features(words)
+        arrays = [f.tokens[None], f.cues[None], f.boxes[None], f.pairs[None], np.ones((1, len(words.units)), np.float32)]
+        logits = self.group.predictor.run(arrays)[1][0]
+        return decode_groups(re_probabilities(logits, self.group.temperature), words.units, self.group.threshold)
 
     def label(self, document: Document, page_images: PageImages | None = None) -> np.ndarray | None:
         """Fill every segment's label and calibrated probability; returns the (N, labels) probabilities.
@@ -183,6 +211,10 @@ class LayoutXLMModels:
     def refresh(self) -> dict[str, str]:
         """The graph models' versions in service (for a task without a folder), then the LayoutXLM ones."""
         return {**self._fallback.refresh(), **self._versions}
+
+    def form_entities(self, document: Document) -> None:
+        """Entities by the graph grouping model in service (LayoutXLM has no grouping head)."""
+        self._fallback.form_entities(document)
 
     def label(self, document: Document, page_images: PageImages | None = None) -> np.ndarray | None:
         """LayoutXLM SER when configured (returns ``None``: no probabilities for the graph RE), else the graph SER."""

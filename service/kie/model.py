@@ -51,12 +51,13 @@ class SegmentEncoder(nn.Layer):
     """Embeds segments (hashed n-grams + text cues + box) and mixes them with geometry attention."""
 
     def __init__(self, dim: int = 128, heads: int = 4, layers: int = 3, embed_dim: int = 64,
-                 pair_dim: int = 32, dropout: float = 0.1, extra_node_features: int = 0) -> None:
+                 pair_dim: int = 32, dropout: float = 0.1, extra_node_features: int = 0,
+                 pair_features: int = N_PAIR) -> None:
         super().__init__()
         self.embed = nn.Embedding(HASH_BUCKETS, embed_dim, padding_idx=0)
         node_in = embed_dim + N_TEXT_CUES + N_BOX + extra_node_features
         self.project = nn.Sequential(nn.Linear(node_in, dim), nn.LayerNorm(dim), nn.GELU())
-        self.pair_project = nn.Sequential(nn.Linear(N_PAIR, pair_dim), nn.GELU(), nn.Linear(pair_dim, pair_dim), nn.GELU())
+        self.pair_project = nn.Sequential(nn.Linear(pair_features, pair_dim), nn.GELU(), nn.Linear(pair_dim, pair_dim), nn.GELU())
         self.layers = nn.LayerList([GeometryAttention(dim, heads, pair_dim, dropout) for _ in range(layers)])
         self.dropout = nn.Dropout(dropout)
 
@@ -116,6 +117,39 @@ class ReModel(nn.Layer):
         logits = logits - not_a_key * 1e4
         no_key = paddle.zeros_like(logits[:, :1, :]) + self.no_key
         return paddle.concat([logits, no_key], axis=1)  # (B, N + 1, N)
+
+
+class GroupModel(nn.Layer):
+    """Entity grouping over words: which word (if any) comes just before each word in its entity.
+
+    Nodes are OCR words; the pair features are the encoder's plus the grouping's own (same OCR
+    line, next / previous word of the line, and at ``candidate_index`` whether i may precede j at
+    all: see ``service/kie/grouping.py``). Outputs: word-level label logits (B, N, labels), an auxiliary task that
+    teaches where one entity ends and the next begins, and ``[b, i, j]``, the logit of "i is the
+    word just before j in j's entity", with a last row ``[b, N, j]``: "j starts an entity".
+    """
+
+    def __init__(self, num_labels: int, candidate_index: int, rank: int = 64, **encoder_args: object) -> None:
+        super().__init__()
+        self.candidate_index = candidate_index
+        self.encoder = SegmentEncoder(**encoder_args)  # type: ignore[arg-type]
+        dim = self.encoder.project[0].weight.shape[1]
+        pair_dim = self.encoder.pair_project[2].weight.shape[1]
+        self.classify = nn.Linear(dim, num_labels)
+        self.as_previous = nn.Linear(dim, rank)
+        self.as_next = nn.Linear(dim, rank)
+        self.geometry = nn.Linear(pair_dim, rank)
+        self.score = nn.Sequential(nn.GELU(), nn.Linear(rank, rank), nn.GELU(), nn.Linear(rank, 1))
+        self.starts = nn.Linear(dim, 1)
+
+    def forward(self, tokens, cues, boxes, pairs, mask):  # noqa: ANN001, D102 - shapes as in the encoder
+        h, g = self.encoder(tokens, cues, boxes, pairs, mask)
+        joint = self.as_previous(h).unsqueeze(2) + self.as_next(h).unsqueeze(1) + self.geometry(g)
+        logits = self.score(joint).squeeze(-1)  # (B, N, N)
+        allowed = pairs[:, :, :, self.candidate_index] * mask.unsqueeze(2)  # never padding or itself
+        logits = logits - (1.0 - allowed) * 1e4
+        starts = self.starts(h).transpose([0, 2, 1])  # (B, 1, N)
+        return self.classify(h), paddle.concat([logits, starts], axis=1)
 
 
 def parameter_count(model: nn.Layer) -> int:

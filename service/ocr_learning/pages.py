@@ -10,6 +10,7 @@ import cv2
 import numpy as np
 
 from service.document import Document, Segment
+from service.kie.data import line_segments
 
 
 @dataclass(frozen=True)
@@ -30,11 +31,12 @@ def image_path(image: str, data_dir: Path) -> Path:
 
 
 def gold_pages(documents: Sequence[Document], data_dir: Path) -> Iterator[GoldPage]:
-    """Every page with a readable image; pages whose image is gone are skipped."""
+    """Every page with a readable image, its segments as text lines (det and rec learn lines; an
+    entity printed on several lines is split by its words); pages whose image is gone are skipped."""
     for document in documents:
         for page in document.pages:
             if not page.image:
                 continue
             image = cv2.imread(str(image_path(page.image, data_dir)), cv2.IMREAD_COLOR)
             if image is not None:
-                yield GoldPage(image, list(page.segments))
+                yield GoldPage(image, line_segments(list(page.segments)))

@@ -18,8 +18,8 @@ import importlib
 from service.tasks.base import GateRule, ModelTask, Prediction, TrainOverrides, UnsupportedOverride
 
 # The registered tasks, in the order the pipeline runs them and the learning job trains them
-# (SER reads det/rec output; RE learns from SER's output).
-TASK_NAMES: tuple[str, ...] = ("det", "rec", "ser", "re")
+# (grouping reads det/rec output, SER the entities it forms; RE learns from SER's output).
+TASK_NAMES: tuple[str, ...] = ("det", "rec", "group", "ser", "re")
 
 
 def get_task(name: str) -> ModelTask:

@@ -71,14 +71,17 @@ class KieTask(ModelTask):
 
     def fit(self, cfg: "PaperloopConfig", registry: "ModelRegistry", documents: Sequence["Document"],
             overrides: TrainOverrides = TrainOverrides(), progress: bool | None = None) -> FittedKie:
-        """Train on a seeded split of ``documents`` (the rest validates and calibrates)."""
+        """Train on a seeded split of ``documents`` (the rest validates and calibrates); with
+        ``kie.training.service_view``, also on the same pages as the OCR in service reads them."""
         from service.kie.candidates import settings_from_config
+        from service.kie.service_view import service_view_for
 
         self.check_overrides(overrides)
         settings = settings_from_config(cfg.kie, overrides.epochs, overrides.seed)
         fit_docs, val_docs = self.split(cfg, documents)
         progress = sys.stderr.isatty() if progress is None else progress
-        trained = self._train(cfg, registry, fit_docs, val_docs, settings, progress)
+        seen_by_service = service_view_for(cfg, registry, fit_docs).documents
+        trained = self._train(cfg, registry, fit_docs + seen_by_service, val_docs, settings, progress)
         return FittedKie(trained, fit_docs, val_docs)
 
     def _train(self, cfg: "PaperloopConfig", registry: "ModelRegistry", fit_docs: list["Document"],
