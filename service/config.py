@@ -14,6 +14,7 @@ from typing import Any, Literal, Optional
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, ValidationError, field_validator, model_validator
 
+from service.fields.schema import FieldsConfig
 from service.tasks import TASK_NAMES
 from service.tasks.det import DEFAULTS as DET_DEFAULTS
 from service.tasks.kie_common import DEFAULTS as KIE_DEFAULTS
@@ -147,6 +148,11 @@ class RoutingConfig(StrictModel):
     """When a processed document is sent to human review."""
 
     min_rec_score: float = Field(0.80, ge=0, le=1)
+    # With a field schema (`fields`), documents go through on their fields' confidences: each field's
+    # threshold is set on the holdout split so that accepted documents' fields are right this often
+    # (`paperloop fields calibrate`, run by `train ser`). `field_thresholds` fixes some by hand.
+    target_accuracy: float = Field(0.98, gt=0, le=1)
+    field_thresholds: dict[str, float] = {}
 
 
 class ReviewConfig(StrictModel):
@@ -196,6 +202,9 @@ class KieTrainingConfig(StrictModel):
     seed: int = KIE_DEFAULTS.seed
     validation_fraction: float = Field(KIE_DEFAULTS.validation_fraction, gt=0, lt=1)
     line_augmentation: bool = True  # also train on gold entities split into lines, as OCR sees them
+    # SER loss weights per label: "inverse_sqrt" (1/sqrt of the label's share of training segments,
+    # so a field with one line per document is not drowned by `other`) or "none".
+    class_balance: Literal["inverse_sqrt", "none"] = "inverse_sqrt"
     # Also train on what service sees: the gold page read by the OCR in service, its words aligned
     # to the gold entities (service/kie/service_view.py; cached per det/rec version).
     service_view: bool = True
@@ -277,6 +286,14 @@ class PaperloopConfig(StrictModel):
     review: ReviewConfig = ReviewConfig()
     kie: KieConfig = KieConfig()
     learning: LearningConfig = LearningConfig()
+    fields: FieldsConfig = FieldsConfig()
+
+    @model_validator(mode="after")
+    def _fields_are_labels(self) -> "PaperloopConfig":
+        missing = [name for name in self.fields.names if name not in self.kie.labels]
+        if missing:
+            raise ValueError(f"fields {missing} are not SER labels: add them to kie.labels {self.kie.labels}")
+        return self
 
 
 def load_config(path: Path | None = None) -> PaperloopConfig:
