@@ -19,10 +19,12 @@ from __future__ import annotations
 
 import argparse
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
 from collections import defaultdict
+from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -231,12 +233,20 @@ recognizer in service, browser to server and back.
 """
 
 
+def _ui_versions() -> dict[str, str]:
+    """Versions of what the review runs on: Streamlit, Playwright and Chromium."""
+    chromium = subprocess.run([CHROMIUM, "--version"], capture_output=True, text=True).stdout.strip()
+    return {"streamlit": metadata.version("streamlit"), "playwright": metadata.version("playwright"),
+            "chromium": chromium}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--forms", type=int, default=5)
     args = parser.parse_args()
     result = run(args.forms)
-    report = {"date": utc_date(), "machine": machine_info(), "versions": versions(), "result": result}
+    report = {"date": utc_date(), "machine": machine_info(), "versions": {**versions(), **_ui_versions()},
+              "result": result}
     report["line"] = _line(result)
     write_results(ROOT / "bench" / "results", "review", report, _page(report))
     print(report["line"])
