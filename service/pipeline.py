@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -75,14 +76,16 @@ class DocumentPipeline:
         self.fields = FieldReader(cfg, registry)
         self.pages_dir = cfg.paths.resolve("data") / "pages"
 
-    def process_file(self, path: Path, document_id: str, sha256: str, source_name: str) -> Document:
+    def process_file(self, path: Path, document_id: str, sha256: str, source_name: str,
+                     skip: Collection[str] = ()) -> Document:
         """Read every page of ``path`` through the registered tasks' prediction stages: the page-level
-        ones (det, rec) as each page is rasterized, then the document-level ones (SER, RE).
+        ones (det, rec) as each page is rasterized, then the document-level ones (group, SER, RE).
+        A document-level task named in ``skip`` is left out (benchmarks measure what a stage adds).
 
         Raises :class:`IngestError` for bad input.
         """
         info = probe(path, self.cfg.ingest)
-        versions = self.models.refresh()
+        versions = {task: version for task, version in self.models.refresh().items() if task not in skip}
         document = Document(id=document_id, source_name=source_name, sha256=sha256,
                             created_at=utc_now(), model_versions=dict(versions))
         prediction = Prediction(document, versions)
@@ -96,7 +99,7 @@ class DocumentPipeline:
                 task.predict(self.models, prediction)
         prediction.images = {}
         for task in all_tasks():
-            if task.level == "document":
+            if task.level == "document" and task.name not in skip:
                 task.predict(self.models, prediction)
         self.fields.read(document, prediction.label_probabilities, getattr(getattr(self.kie, "ser", None), "labels", ()))
         return document

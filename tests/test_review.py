@@ -352,7 +352,7 @@ def test_gold_summary_counts_tasks_labels_and_new_since_training(cfg: PaperloopC
     add_link(draft, "p1-s0001", "p1-s0002")
     split = service.save(made.id, draft, "alice", revision).split
     summary = service.gold_summary()
-    assert summary["per_split"][split] == {"documents": 1, "det": 4, "rec": 4, "ser": 2, "re": 1}
+    assert summary["per_split"][split] == {"documents": 1, "det": 4, "rec": 4, "group": 0, "ser": 2, "re": 1}
     assert summary["per_label"]["answer"] == {split: 1} and summary["per_label"]["(none)"] == {split: 2}
     assert summary["new_since_training"]["det"]["since_version"] == "base"
     assert summary["new_since_training"]["det"]["count"] == 4  # saved after the base models were installed

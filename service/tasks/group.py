@@ -67,7 +67,7 @@ class GroupTask(ModelTask):
         from service.tasks.kie_common import FittedKie
 
         self.check_overrides(overrides)
-        settings = settings_from_config(cfg.kie, overrides.epochs, overrides.seed)
+        settings = settings_from_config(cfg.kie, overrides.epochs or cfg.kie.training.group_epochs, overrides.seed)
         fit_docs, val_docs = self.split(cfg, documents)
         train_pages = _gold_word_pages(fit_docs) + service_view_for(cfg, registry, fit_docs).word_pages
         progress = sys.stderr.isatty() if progress is None else progress
