@@ -35,6 +35,7 @@ from service.base_models import install_base_models  # noqa: E402
 from service.cli import cli  # noqa: E402
 from service.config import load_config  # noqa: E402
 from service.document import Document  # noqa: E402
+from service.evaluation import levenshtein  # noqa: E402
 from service.fields.matching import find_value  # noqa: E402
 from service.fields.values import fold, normalize  # noqa: E402
 from service.pipeline import DocumentPipeline  # noqa: E402
@@ -48,17 +49,6 @@ TRAIN, HOLDOUT = slice(0, 55), slice(55, 70)
 TEST = slice(70, 100)
 
 
-def edit_distance(a: str, b: str) -> int:
-    """Levenshtein distance."""
-    previous = list(range(len(b) + 1))
-    for i, ca in enumerate(a, start=1):
-        current = [i]
-        for j, cb in enumerate(b, start=1):
-            current.append(min(previous[j] + 1, current[j - 1] + 1, previous[j - 1] + (ca != cb)))
-        previous = current
-    return previous[-1]
-
-
 def judge(cfg: Any, name: str, predicted: str | None, gold: str) -> tuple[bool, bool]:
     """(exact, lenient) of a predicted normalized value against the gold value as printed."""
     spec = cfg.fields.get(name)
@@ -68,7 +58,7 @@ def judge(cfg: Any, name: str, predicted: str | None, gold: str) -> tuple[bool, 
         same = predicted == normalize(spec, gold, cfg.fields)
         return same, same
     a, b = fold(predicted), fold(gold)
-    return a == b, edit_distance(a, b) <= 0.1 * max(len(b), 1)
+    return a == b, levenshtein(a, b) <= 0.1 * max(len(b), 1)
 
 
 def ceiling(cfg: Any, document: Document, name: str, gold: str) -> tuple[bool, bool]:

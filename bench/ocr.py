@@ -27,7 +27,6 @@ import argparse  # noqa: E402
 import json  # noqa: E402
 import multiprocessing  # noqa: E402
 import os  # noqa: E402
-import platform  # noqa: E402
 import resource  # noqa: E402
 import socket  # noqa: E402
 import statistics  # noqa: E402
@@ -36,7 +35,6 @@ from collections.abc import Callable  # noqa: E402
 from concurrent.futures import ProcessPoolExecutor  # noqa: E402
 from dataclasses import dataclass, field  # noqa: E402
 from datetime import datetime, timezone  # noqa: E402
-from importlib import metadata  # noqa: E402
 from typing import Any  # noqa: E402
 
 import yaml  # noqa: E402

@@ -10,7 +10,6 @@ from pathlib import Path
 from typing import Any, Callable
 
 import streamlit as st
-import streamlit.components.v1 as components
 from PIL import Image
 
 from service.config import OcrConfig, PaperloopConfig

@@ -167,7 +167,24 @@ def run_learning_job(cfg: PaperloopConfig, force: bool = False, tasks: list[str]
     store = Store(cfg.paths.database)
     registry = ModelRegistry(cfg.paths.resolve("models"))
     run_log = RunLog(cfg.paths.resolve("data") / "learning-logs", utc_now())
-    return [run_task(cfg, store, registry, task.name, force, run_log, overrides) for task in selected]
+    runs = [run_task(cfg, store, registry, task.name, force, run_log, overrides) for task in selected]
+    if cfg.fields.fields and any(run.status == "promoted" for run in runs):
+        recalibrate_fields(cfg, run_log)
+    return runs
+
+
+def recalibrate_fields(cfg: PaperloopConfig, run_log: RunLog) -> None:
+    """Set the fields' routing thresholds again on the holdout, now that a model in the pipeline changed
+    (``routing.target_accuracy``); a failure is logged and leaves the previous thresholds."""
+    from service.fields.holdout import calibrate_in_service
+
+    try:
+        record = calibrate_in_service(cfg)
+    except Exception as exc:  # noqa: BLE001 - the promoted models stay; only the thresholds are old
+        log.warning("field thresholds not recalibrated: %s", exc)
+        run_log.event("fields", "calibration_failed", reason=f"{type(exc).__name__}: {exc}")
+        return
+    run_log.event("fields", "calibrated", thresholds=record.get("thresholds"))
 
 
 def scheduled_learning_job(config_yaml: str) -> int:

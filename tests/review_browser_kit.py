@@ -96,13 +96,15 @@ def read_document(cfg: PaperloopConfig, store: Store, engine: OcrEngine, name: s
     return document
 
 
-def _free_port() -> int:
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that is free now."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
 
 
-def _answers(url: str) -> bool:
+def answers(url: str) -> bool:
+    """Whether ``url`` answers 200."""
     try:
         with urllib.request.urlopen(url, timeout=2) as response:
             return response.status == 200
@@ -121,7 +123,7 @@ def review_app(cfg: PaperloopConfig, reviewers: tuple[str, ...] = ("alice",)) ->
     for name in reviewers:
         subprocess.run([*command, "users", "add", name, "--password-stdin"], input=PASSWORD + "\n", text=True,
                        env=env, check=True, cwd=cfg.paths.root, capture_output=True)
-    port = _free_port()
+    port = free_port()
     log_path = cfg.paths.resolve("data") / "review-app.log"
     with open(log_path, "wb") as log:
         child = subprocess.Popen([*command, "--port", str(port)], cwd=cfg.paths.root, env=env, stdout=log,
@@ -129,9 +131,9 @@ def review_app(cfg: PaperloopConfig, reviewers: tuple[str, ...] = ("alice",)) ->
         url = f"http://127.0.0.1:{port}/"
         try:
             deadline = time.monotonic() + 60
-            while child.poll() is None and not _answers(url + "_stcore/health") and time.monotonic() < deadline:
+            while child.poll() is None and not answers(url + "_stcore/health") and time.monotonic() < deadline:
                 time.sleep(0.2)
-            assert child.poll() is None and _answers(url + "_stcore/health"), log_path.read_text()
+            assert child.poll() is None and answers(url + "_stcore/health"), log_path.read_text()
             yield url
         finally:
             child.send_signal(signal.SIGTERM)

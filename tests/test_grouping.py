@@ -4,7 +4,6 @@ OCR words to gold entities, and the pair metric. Training on FUNSD is in the slo
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from service.config import PaperloopConfig
-from service.document import SCHEMA_VERSION, Document, Link, SchemaVersionError, Word
+from service.document import SCHEMA_VERSION, Document, Link, Word
 from service.jobs import JobRunner
 from service.ocr import OcrEngine
 from service.pipeline import DocumentPipeline

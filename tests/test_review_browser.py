@@ -12,14 +12,12 @@ import json
 import os
 import shutil
 import signal
-import socket
 import sqlite3
 import subprocess
 import sys
 import tempfile
 import threading
 import time
-import urllib.request
 from pathlib import Path
 from typing import Iterator
 
@@ -34,6 +32,7 @@ from service.pipeline import DocumentPipeline
 from service.store import NEEDS_REVIEW, Store
 
 from conftest import PROJECT_ROOT, wait_for
+from review_browser_kit import answers, free_port
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
@@ -45,20 +44,6 @@ EVIL = "<img src=x onerror=alert(1)><b>x</b>"  # OCR text that must be shown as 
 playwright_api = pytest.importorskip("playwright.sync_api")
 pytestmark = [pytest.mark.slow,
               pytest.mark.skipif(not Path(CHROMIUM).is_file(), reason="Debian's chromium is not installed")]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _answers(url: str) -> bool:
-    try:
-        with urllib.request.urlopen(url, timeout=2) as response:
-            return response.status == 200
-    except OSError:
-        return False
 
 
 @pytest.fixture
@@ -87,7 +72,7 @@ def review_app(processed: PaperloopConfig) -> Iterator[str]:
     cfg = processed
     config = cfg.paths.resolve("data") / "config.yaml"
     config.write_text(yaml.safe_dump(cfg.model_dump(mode="json")))
-    port = _free_port()
+    port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("PAPERLOOP_REVIEW_PASSWORD")}
     env.pop("PAPERLOOP_CONFIG", None)
     subprocess.run([sys.executable, "-m", "service", "--config", str(config), "review", "users", "add", "alice",
@@ -97,7 +82,7 @@ def review_app(processed: PaperloopConfig) -> Iterator[str]:
                              cwd=cfg.paths.root, env=env, stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}/"
     try:
-        wait_for(lambda: child.poll() is not None or _answers(url + "_stcore/health"), 60, "the review app started")
+        wait_for(lambda: child.poll() is not None or answers(url + "_stcore/health"), 60, "the review app started")
         assert child.poll() is None, (cfg.paths.resolve("data") / "review-app.log").read_text()
         yield url
     finally:

@@ -24,8 +24,7 @@ from service.store import Store
 
 from conftest import PROJECT_ROOT, render_form_page
 from review_browser_kit import (
-    CHROMIUM, CHROMIUM_ARGS, EDITOR, editor, editor_ready, log_in, open_document, read_document, review_app,
-    segment_centre,
+    CHROMIUM, CHROMIUM_ARGS, EDITOR, editor, log_in, open_document, read_document, review_app,
 )
 
 ARTIFACTS = PROJECT_ROOT / "tests" / "artifacts"

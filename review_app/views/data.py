@@ -13,7 +13,7 @@ from service.config import PaperloopConfig
 from service.labels import SPLITS
 from service.tasks import all_tasks
 from service.review import (
-    EXPORT_FORMATS, ExportError, ReviewService, create_export, export_archive, exports_root, label_colours,
+    EXPORT_FORMATS, ExportError, ReviewService, create_export, export_archive, exports_root,
 )
 
 TASKS = {task.name: task.title for task in all_tasks()}

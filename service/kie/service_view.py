@@ -21,11 +21,17 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from service.document import Document, Link, Page, Segment, Word, bbox_to_quad
 from service.kie.grouping import WordPage, WordUnit, reading_order, units_of_lines
+
+if TYPE_CHECKING:
+    from service.config import PaperloopConfig
+    from service.ocr import OcrEngine
+    from service.registry import ModelRegistry
 
 log = logging.getLogger(__name__)
 MIN_COVER = 0.5  # an OCR word belongs to a gold word when their overlap covers this much of the smaller
@@ -43,7 +49,7 @@ def _safe(name: str) -> str:
     return name if re.fullmatch(r"[A-Za-z0-9._-]{1,80}", name) else hashlib.sha256(name.encode()).hexdigest()[:16]
 
 
-def read_page_lines(engine: "OcrEngine", image_path: Path, page_number: int, cache_root: Path) -> list[Segment] | None:  # noqa: F821
+def read_page_lines(engine: "OcrEngine", image_path: Path, page_number: int, cache_root: Path) -> list[Segment] | None:
     """The OCR in service's lines (with words) of one page image, cached per det/rec version.
 
     ``None`` when the image cannot be read.
@@ -121,7 +127,7 @@ def view_page(gold: Page, lines: Sequence[Segment]) -> tuple[WordPage, list[Segm
     return word_page, _entity_segments(gold, units, entity)
 
 
-def service_view(documents: Sequence[Document], engine: "OcrEngine", data_dir: Path) -> ServiceView:  # noqa: F821
+def service_view(documents: Sequence[Document], engine: "OcrEngine", data_dir: Path) -> ServiceView:
     """Every gold page with a readable image, read by ``engine`` and aligned (see the module docstring)."""
     from service.ocr_learning.pages import image_path
 
@@ -144,7 +150,7 @@ def service_view(documents: Sequence[Document], engine: "OcrEngine", data_dir: P
     return view
 
 
-def service_view_for(cfg: "PaperloopConfig", registry: "ModelRegistry", documents: Sequence[Document]) -> ServiceView:  # noqa: F821
+def service_view_for(cfg: "PaperloopConfig", registry: "ModelRegistry", documents: Sequence[Document]) -> ServiceView:
     """:func:`service_view` with the OCR in service (``kie.training.service_view``; empty when off)."""
     from service.ocr import OcrEngine
 
