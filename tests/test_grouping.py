@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 from service.document import Document, Link, Page, Segment, Word, bbox_to_quad
-from service.kie.grouping import (WordUnit, decode_groups, entity_segment, gold_groups, gold_word_page,
+from service.kie.grouping import (WordUnit, candidate_predecessors, decode_groups, entity_segment, gold_groups,
+                                  gold_word_page, simulated_lines,
                                   grouping_scores, predecessor_matrix, reading_order, regroup_page, units_of_lines)
 from service.kie.pairs import PairCounts, fold, lenient_equal, pair_counts, strict_equal
 from service.kie.service_view import align_units, view_page
@@ -174,3 +175,21 @@ def test_key_values_carry_entity_boxes_pages_and_versions() -> None:
     assert pair["key_box"] == [50, 100, 110, 120] and pair["value_page"] == 1
     assert pair["versions"] == {"group": "g1", "ser": "s1", "re": "r1"}
     assert json.loads(json.dumps(document.to_dict()))["pages"][0]["segments"][0]["group_version"] == "g1"
+
+
+def test_candidates_are_the_left_neighbour_and_line_ends_above_or_to_the_left() -> None:
+    units = [WordUnit("Name", (50, 100, 90, 120), 0, 0), WordUnit("of", (95, 100, 110, 120), 0, 1),
+             WordUnit("Account", (130, 100, 200, 120), 1, 0),    # the detector cut the printed line here
+             WordUnit("Far", (400, 100, 440, 120), 2, 0),        # 10 line heights to the right: a new entity
+             WordUnit("Street", (50, 125, 120, 145), 3, 0)]      # the next printed line
+    allowed = candidate_predecessors(units)
+    assert allowed[0, 1] == 1 and allowed[1, 2] == 1  # left neighbour; end of the line cut to its left
+    assert allowed[2, 3] == 0 and allowed[1, 3] == 0  # too far to the right
+    assert allowed[1, 4] == 1 and allowed[3, 4] == 0  # the end of the line just above; not one far off
+    assert allowed[0, 2] == 0 and allowed[:, 0].sum() == 0 and np.trace(allowed) == 0
+
+
+def test_simulated_lines_cut_rows_of_stacked_words() -> None:
+    words = [Word("OUR", (120, 80, 158, 94)), Word("QUALITY", (142, 46, 237, 66)), Word("MISSION", (162, 78, 232, 92))]
+    lines = [[w.text for w in line] for line in simulated_lines(words)]
+    assert ["QUALITY"] in lines and ["OUR", "MISSION"] in lines

@@ -32,6 +32,7 @@ from service.kie.features import (MAX_TOKENS, N_BOX, N_PAIR, N_TEXT_CUES, Docume
 N_GROUP_PAIR = N_PAIR + 4
 CANDIDATE_INDEX = N_PAIR + 3
 LINE_REACH = 2.0  # a line continues an entity from a line at most this many line heights above it
+RIGHT_REACH = 5.0  # ...or from a line on its row ending at most this many line heights to its left
 MAX_WORDS = 1500  # a page with more words is left as OCR lines (attention is quadratic in words)
 ROW_GAP = 1.5  # simulated lines break where the gap between two words exceeds this many line heights
 
@@ -82,12 +83,18 @@ def simulated_lines(words: Sequence[Word]) -> list[list[Word]]:
         height = float(np.median([w.box[3] - w.box[1] for w in row]))
         current = [row[0]]
         for previous, word in zip(row, row[1:]):
-            if word.box[0] - previous.box[2] > ROW_GAP * max(height, 1.0):
+            if word.box[0] - previous.box[2] > ROW_GAP * max(height, 1.0) or not _side_by_side(previous, word):
                 lines.append([Word(w.text, w.box) for w in current])
                 current = []
             current.append(word)
         lines.append([Word(w.text, w.box) for w in current])
     return lines
+
+
+def _side_by_side(left: object, right: object) -> bool:
+    """Two words overlap vertically by half the smaller height (rows of stacked words are cut there)."""
+    (_, ly0, _, ly1), (_, ry0, _, ry1) = left.box, right.box  # type: ignore[attr-defined]
+    return min(ly1, ry1) - max(ly0, ry0) >= 0.5 * max(min(ly1 - ly0, ry1 - ry0), 1.0)
 
 
 def gold_word_page(page: Page) -> WordPage:
@@ -139,7 +146,8 @@ def candidate_predecessors(units: Sequence[WordUnit]) -> np.ndarray:
 
     Within a line, only the word just left of j. For the first word of a line, also the last word
     of each line above it, at most :data:`LINE_REACH` line heights higher, that overlaps it
-    horizontally or starts near it: an entity goes on at the start of a following line. Restricting
+    horizontally or starts near it (an entity goes on at the start of a following line), and of a
+    line just left of it on the same row (the detector cut a printed line in two). Restricting
     the choice to these few keeps the decision learnable from a few hundred pages.
     """
     allowed = _line_pairs(units)[:, :, 1].copy() if units else np.zeros((0, 0), np.float32)  # j right after i
@@ -148,15 +156,30 @@ def candidate_predecessors(units: Sequence[WordUnit]) -> np.ndarray:
         if unit.position != 0:
             continue
         x0, y0, x1, y1, _ = lines[unit.line]
-        height = y1 - y0
         for line, (lx0, ly0, lx1, ly1, last) in lines.items():
-            if line == unit.line or ly1 > (y0 + y1) / 2:
-                continue
-            near = y0 - ly1 <= LINE_REACH * max(height, ly1 - ly0, 1.0)
-            beside = min(x1, lx1) > max(x0, lx0) or abs(x0 - lx0) <= 3 * max(height, 1.0)
-            if near and beside:
+            if line != unit.line and (_continues_below((lx0, ly0, lx1, ly1), (x0, y0, x1, y1))
+                                      or _continues_right((lx0, ly0, lx1, ly1), (x0, y0, x1, y1))):
                 allowed[last, j] = 1.0
     return allowed
+
+
+def _continues_below(above: BBox, line: BBox) -> bool:
+    """``line`` starts below ``above``, at most LINE_REACH line heights lower, overlapping it or starting near it."""
+    ax0, ay0, ax1, ay1 = above
+    x0, y0, x1, y1 = line
+    height = max(y1 - y0, ay1 - ay0, 1.0)
+    if ay1 > (y0 + y1) / 2 or y0 - ay1 > LINE_REACH * height:
+        return False
+    return min(x1, ax1) > max(x0, ax0) or abs(x0 - ax0) <= 3 * height
+
+
+def _continues_right(left: BBox, line: BBox) -> bool:
+    """``line`` is on the same row as ``left``, just right of it (the detector cut one printed line in two)."""
+    lx0, ly0, lx1, ly1 = left
+    x0, y0, x1, y1 = line
+    height = max(min(y1 - y0, ly1 - ly0), 1.0)
+    same_row = min(y1, ly1) - max(y0, ly0) >= 0.5 * height
+    return same_row and lx1 <= x0 + 0.5 * height and x0 - lx1 <= RIGHT_REACH * height
 
 
 def word_features(page: WordPage) -> DocumentFeatures:
