@@ -86,12 +86,11 @@ def _review_one(page: Any, count: Counter, reread_ms: list[float]) -> None:
     segs = sorted(_segments(page), key=lambda s: (s["box"][1], s["box"][0]))
     texts = [s for s in segs if len(s["text"]) > 3]
     frame = page.frame_locator(EDITOR)
-    # text: click the box, Enter (the text is selected), type
+    # text: double-click the box (its text is selected for editing), type
     target = texts[0]
-    page.mouse.click(*_centre(page, target["id"]))
-    page.keyboard.press("Enter")
+    page.mouse.dblclick(*_centre(page, target["id"]))
     page.keyboard.type(target["text"].upper() + " (checked)")  # in the edit state as it is typed
-    count.add("text", 1, 1)
+    count.add("text", 1, 0)
     # label: click the box, press the label's number
     page.mouse.click(*_centre(page, texts[1]["id"]))
     page.keyboard.press("3")
@@ -215,9 +214,9 @@ add a link, merge two lines, save (Ctrl+S), accept & next (Ctrl+Enter).
 {rows}
 
 The link count is with link mode on: pressing L once per form turns it on (not counted above); with a
-key already selected, L and a click on the value make a link too. A text fix is one click on the box,
-Enter (the text is selected) and the typing, which is in the edit state key by key (a click elsewhere,
-Tab or Ctrl+S goes on from there).
+key already selected, L and a click on the value make a link too. A text fix is a double click on the box
+(its text is selected for editing; a click then Enter does the same) and the typing, which is in the edit
+state key by key (a click elsewhere, Tab or Ctrl+S goes on from there).
 
 ## Latency (ms)
 

@@ -163,6 +163,9 @@ class ReviewConfig(StrictModel):
 
     min_label_score: float = Field(0.80, ge=0, le=1)  # SER label probability
     min_link_score: float = Field(0.80, ge=0, le=1)  # RE link probability
+    # Entity grouping: an entity whose words the grouping model joined (or cut) with a probability
+    # below this goes to review, where merge / split fix it.
+    min_group_score: float = Field(0.50, ge=0, le=1)
     # Per label of the schema: a segment with this label whose confidence (the lower of its
     # recognition score and label probability) is below the value goes to review.
     field_thresholds: dict[str, float] = {}

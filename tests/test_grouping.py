@@ -193,3 +193,19 @@ def test_simulated_lines_cut_rows_of_stacked_words() -> None:
     words = [Word("OUR", (120, 80, 158, 94)), Word("QUALITY", (142, 46, 237, 66)), Word("MISSION", (162, 78, 232, 92))]
     lines = [[w.text for w in line] for line in simulated_lines(words)]
     assert ["QUALITY"] in lines and ["OUR", "MISSION"] in lines
+
+
+def test_an_uncertain_entity_sends_the_document_to_review_with_its_reason() -> None:
+    from service.config import PaperloopConfig
+    from service.review.routing import decide, segment_is_low
+
+    cfg = PaperloopConfig()
+    page = _form_page()
+    for segment in page.segments:
+        segment.rec_score, segment.group_score, segment.group_version = 0.99, 0.95, "g1"
+    document = Document(id="d", source_name="x.png", sha256="00", created_at="now", pages=[page])
+    assert not [r for r in decide(document, cfg).reasons if r.kind == "group"]
+    page.segments[3].group_score = 0.3  # "12 Main Street": not sure these words make one entity
+    (reason,) = [r for r in decide(document, cfg).reasons if r.kind == "group"]
+    assert reason.count == 1 and reason.lowest == 0.3 and reason.segments == ("a2",)
+    assert segment_is_low(page.segments[3], cfg) and not segment_is_low(page.segments[0], cfg)

@@ -134,6 +134,13 @@ def test_ctrl_s_saves_the_text_being_typed_and_shortcuts_work_after_a_click_on_t
     gold = {s["id"]: s for p in _gold(site, doc)["pages"] for s in p["segments"]}
     assert gold[second[0]]["label"] == "question"
     assert ("text", first[0]) in _audit(site, doc) and ("label", second[0]) in _audit(site, doc)
+    # a double click on a box edits its text at once, the old text selected: typing replaces it
+    frame.locator(f"g[data-id='{second[0]}'] rect.body").dblclick()
+    page.keyboard.type("Retyped after a double click")
+    page.keyboard.press("Control+S")
+    _status(page, "revision 4")
+    assert {s["id"]: s["text"] for p in _gold(site, doc)["pages"] for s in p["segments"]}[second[0]] == \
+        "Retyped after a double click"
 
 
 # -- defect 3: links drawn on the image, weak ones marked, pairs listed as text -------------------

@@ -39,7 +39,7 @@ UNCERTAINTY_STRATEGIES = ("entropy", "margin", "least_confidence")
 class ReviewReason:
     """One reason a document is sent to review, and what it is about."""
 
-    kind: str  # no_text | rec | ser | re | field | audit | pipeline | manual
+    kind: str  # no_text | rec | group | ser | re | field | audit | pipeline | manual
     detail: str
     count: int = 0
     lowest: float | None = None
@@ -120,7 +120,7 @@ def _segment_reason(kind: str, low: list[Segment], lowest: float | None, thresho
 
 
 def _score_reasons(document: Document, cfg: PaperloopConfig) -> list[ReviewReason]:
-    """Reasons from the recognition, label and link scores (rec, ser, re)."""
+    """Reasons from the recognition, grouping, label and link scores (rec, group, ser, re)."""
     segments, reasons = document.segments, []
     threshold = cfg.routing.min_rec_score
     low, lowest = _low([(s, s.rec_score) for s in segments], threshold)
@@ -134,6 +134,12 @@ def _score_reasons(document: Document, cfg: PaperloopConfig) -> list[ReviewReaso
         reasons.append(_segment_reason(
             "ser", low, lowest, threshold,
             f"{len(low)} segment labels with probability below {threshold:.2f} (lowest {lowest:.2f})"))
+    threshold = cfg.review.min_group_score
+    low, lowest = _low([(s, s.group_score) for s in segments], threshold)
+    if low:
+        reasons.append(_segment_reason(
+            "group", low, lowest, threshold,
+            f"{len(low)} entities grouped with probability below {threshold:.2f} (lowest {lowest:.2f})"))
     threshold = cfg.review.min_link_score
     links, lowest = _low([(link, link.score) for link in document.links], threshold)
     if links:
@@ -202,6 +208,8 @@ def segment_is_low(segment: Segment, cfg: PaperloopConfig) -> bool:
     if segment.rec_score is not None and segment.rec_score < cfg.routing.min_rec_score:
         return True
     if segment.label_score is not None and segment.label_score < cfg.review.min_label_score:
+        return True
+    if segment.group_score is not None and segment.group_score < cfg.review.min_group_score:
         return True
     threshold = cfg.review.field_thresholds.get(segment.label or "")
     confidence = segment_confidence(segment)

@@ -496,6 +496,10 @@
     visit([id]);
     draw();
   }
+  // A double click on a box edits its text at once (its text selected): a text fix is one gesture plus typing.
+  svg.addEventListener("dblclick", function (evt) {
+    if (S.mode === "select" && S.sel.length === 1) { textBox.focus(); textBox.select(); evt.preventDefault(); }
+  });
   svg.addEventListener("pointerdown", function (evt) {
     if (!S.base) return;
     view.focus({preventScroll: true});
