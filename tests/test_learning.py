@@ -55,6 +55,9 @@ def loop_cfg(own_registry: PaperloopConfig) -> PaperloopConfig:
     t.epochs, t.dim, t.layers, t.heads, t.embed_dim, t.learning_rate = 8, 64, 2, 4, 32, 2e-3
     cfg.learning.min_new_documents = 4
     cfg.learning.tasks = ["ser"]
+    # Six holdout forms make each label's Hmean jumpy (one header more or less moves it by several
+    # points): these tests are about the loop, so only a real fall of a label blocks a promotion.
+    cfg.learning.tolerance = 0.05
     return cfg
 
 
@@ -286,6 +289,7 @@ def tiny_cfg(loop_cfg: PaperloopConfig) -> PaperloopConfig:
     """``loop_cfg`` with the smallest models: for tests of what happens around training."""
     t = loop_cfg.kie.training
     t.epochs, t.dim, t.layers, t.heads, t.embed_dim, t.line_augmentation = 1, 32, 1, 2, 16, False
+    t.service_view = False  # no OCR of the gold pages: these tests simulate failures of model loading
     loop_cfg.learning.min_new_documents = 1
     return loop_cfg
 
