@@ -496,10 +496,16 @@
     visit([id]);
     draw();
   }
-  // A double click on a box edits its text at once (its text selected): a text fix is one gesture plus typing.
-  svg.addEventListener("dblclick", function (evt) {
-    if (S.mode === "select" && S.sel.length === 1) { textBox.focus(); textBox.select(); evt.preventDefault(); }
-  });
+  // A second press on the same box within DOUBLE_MS, no key between, edits its text at once (selected): a text fix
+  // is one double click plus typing. Counted here, not with "dblclick": every press redraws the boxes, and
+  // the browser does not pair two clicks on different nodes.
+  const DOUBLE_MS = 400;
+  document.addEventListener("keydown", () => { S.lastPress = null; }, true);  // a key between presses: two clicks
+  function isDoublePress(id) {
+    const now = performance.now(), last = S.lastPress;
+    S.lastPress = {id: id, t: now};
+    return !!last && last.id === id && now - last.t < DOUBLE_MS;
+  }
   svg.addEventListener("pointerdown", function (evt) {
     if (!S.base) return;
     view.focus({preventScroll: true});
@@ -514,7 +520,9 @@
       if (word !== null && S.mode === "split") { splitAt(S.sel[0], parseInt(word, 10)); return; }
       if (link && S.mode === "select") { S.selLink = link.split(">"); S.sel = [S.selLink[0]]; visit([link]); draw(); return; }
       if (handle) S.drag = {kind: "resize", id: id, handle: handle, start: p, orig: seg(id).box.slice()};
-      else if (id && S.mode !== "draw") {
+      else if (id && S.mode === "select" && isDoublePress(id) && S.sel.length === 1 && S.sel[0] === id) {
+        textBox.focus(); textBox.select(); S.lastPress = null; evt.preventDefault(); return;
+      } else if (id && S.mode !== "draw") {
         clickSegment(id, evt);
         if (S.mode === "select" && S.sel.length === 1) S.drag = {kind: "move", id: id, start: p, orig: seg(id).box.slice(), moved: false};
       } else if (S.mode !== "link" && S.mode !== "split") {
