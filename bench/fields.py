@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 import sys
 import tempfile
 import time
@@ -98,7 +99,12 @@ def run_cli(root: Path, args: list[str]) -> str:
     if result.exit_code != 0:
         raise RuntimeError(f"paperloop {' '.join(args)} failed:\n{result.output}")
     print(result.output, flush=True)
-    return result.output
+    return without_progress_bars(result.output)
+
+
+def without_progress_bars(output: str) -> str:
+    """The output less tqdm's progress bars (lines redrawn with carriage returns: ``NN%|``)."""
+    return "\n".join(line.strip() for line in output.splitlines() if line.strip() and not re.search(r"\d+%\|", line))
 
 
 def evaluate(cfg: Any, test: list[tuple[Path, dict[str, str]]]) -> dict[str, Any]:
