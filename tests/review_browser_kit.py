@@ -96,6 +96,16 @@ def read_document(cfg: PaperloopConfig, store: Store, engine: OcrEngine, name: s
     return document
 
 
+def stop(child: subprocess.Popen) -> None:
+    """SIGTERM a child process; kill it if it has not exited after 20 s."""
+    child.send_signal(signal.SIGTERM)
+    try:
+        child.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        child.kill()
+        child.wait()
+
+
 def free_port() -> int:
     """A TCP port on 127.0.0.1 that is free now."""
     with socket.socket() as s:
@@ -136,12 +146,7 @@ def review_app(cfg: PaperloopConfig, reviewers: tuple[str, ...] = ("alice",)) ->
             assert child.poll() is None and answers(url + "_stcore/health"), log_path.read_text()
             yield url
         finally:
-            child.send_signal(signal.SIGTERM)
-            try:
-                child.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                child.kill()
-                child.wait()
+            stop(child)
 
 
 def log_in(page: Any, url: str, name: str = "alice") -> None:

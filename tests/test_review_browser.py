@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
 import sqlite3
 import subprocess
 import sys
@@ -32,7 +31,7 @@ from service.pipeline import DocumentPipeline
 from service.store import NEEDS_REVIEW, Store
 
 from conftest import PROJECT_ROOT, wait_for
-from review_browser_kit import answers, free_port
+from review_browser_kit import answers, free_port, stop
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
@@ -86,12 +85,7 @@ def review_app(processed: PaperloopConfig) -> Iterator[str]:
         assert child.poll() is None, (cfg.paths.resolve("data") / "review-app.log").read_text()
         yield url
     finally:
-        child.send_signal(signal.SIGTERM)
-        try:
-            child.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            child.kill()
-            child.wait()
+        stop(child)
         log.close()
 
 
