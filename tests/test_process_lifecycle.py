@@ -45,7 +45,15 @@ def _serve(config: Path, log: Path) -> subprocess.Popen:
 
 
 def _workers(daemon: subprocess.Popen) -> list[psutil.Process]:
-    return [p for p in psutil.Process(daemon.pid).children() if "spawn_main" in " ".join(p.cmdline())]
+    """The daemon's worker processes (short-lived children such as poppler's, even exited ones, are not)."""
+    return [p for p in psutil.Process(daemon.pid).children() if "spawn_main" in _cmdline(p)]
+
+
+def _cmdline(process: psutil.Process) -> str:
+    try:
+        return " ".join(process.cmdline())
+    except (psutil.ZombieProcess, psutil.NoSuchProcess, psutil.AccessDenied):  # a pdftoppm that just exited
+        return ""
 
 
 def _gone(process: psutil.Process) -> bool:
