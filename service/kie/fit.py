@@ -227,12 +227,17 @@ def re_loss(model: ReModel, batch: dict[str, paddle.Tensor]) -> paddle.Tensor:
     A segment with several gold keys (8% of FUNSD values) counts the probability of any of them.
     """
     logits = model(*_inputs(batch), batch["label_probs"])  # (B, N + 1, N)
-    b, n = batch["mask"].shape
-    has_key = (batch["links"].sum(axis=1) > 0).astype("float32")  # (B, N)
-    targets = paddle.concat([batch["links"], (1.0 - has_key).unsqueeze(1)], axis=1)  # (B, N + 1, N)
+    return choice_loss(logits, batch["links"], batch["mask"])
+
+
+def choice_loss(logits: paddle.Tensor, links: paddle.Tensor, mask: paddle.Tensor) -> paddle.Tensor:
+    """Mean cross-entropy of each real node's choice among (N + 1, N) column logits: the nodes ``links``
+    marks (any of them counts), or the last row ("none") when it marks none. RE's key, grouping's predecessor."""
+    has_one = (links.sum(axis=1) > 0).astype("float32")  # (B, N)
+    targets = paddle.concat([links, (1.0 - has_one).unsqueeze(1)], axis=1)  # (B, N + 1, N)
     log_p = F.log_softmax(logits, axis=1)
     picked = paddle.logsumexp(log_p + (1.0 - targets) * -1e4, axis=1)  # (B, N)
-    return -(picked * batch["mask"]).sum() / batch["mask"].sum().clip(min=1.0)
+    return -(picked * mask).sum() / mask.sum().clip(min=1.0)
 
 
 def _batches(examples: Sequence[Example], size: int, rng: random.Random) -> list[list[Example]]:

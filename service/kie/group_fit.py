@@ -41,11 +41,7 @@ def make_group_example(page: WordPage, labels: Sequence[str]) -> fit.Example:
 def group_loss(model: GroupModel, batch: dict[str, paddle.Tensor]) -> paddle.Tensor:
     """Predecessor cross-entropy (RE's form) plus the words' label cross-entropy."""
     label_logits, logits = model(*[batch[k] for k in fit.MODEL_INPUTS])
-    has_previous = (batch["links"].sum(axis=1) > 0).astype("float32")
-    targets = paddle.concat([batch["links"], (1.0 - has_previous).unsqueeze(1)], axis=1)
-    log_p = F.log_softmax(logits, axis=1)
-    picked = paddle.logsumexp(log_p + (1.0 - targets) * -1e4, axis=1)
-    linking = -(picked * batch["mask"]).sum() / batch["mask"].sum().clip(min=1.0)
+    linking = fit.choice_loss(logits, batch["links"], batch["mask"])
     labelling = F.cross_entropy(label_logits.reshape([-1, label_logits.shape[-1]]), batch["labels"].reshape([-1]),
                                 ignore_index=fit.IGNORE)
     return linking + 0.5 * labelling
@@ -83,22 +79,6 @@ def group_ece(logits: Sequence[np.ndarray], pages: Sequence[WordPage], temperatu
     return round(expected_calibration_error(np.array(scores), np.array(exact)), 4)
 
 
-def group_temperature(logits: Sequence[np.ndarray], examples: Sequence[fit.Example]) -> float:
-    """Temperature of the predecessor softmax, fitted on held-out pages (calibrates ``group_score``)."""
-
-    def nll(t: float) -> float:
-        total, count = 0.0, 0
-        for doc_logits, e in zip(logits, examples):
-            p = fit.re_probabilities(doc_logits, t)
-            has_previous = e.links.sum(axis=0) > 0
-            p_true = np.where(has_previous, (p[:-1] * e.links).sum(axis=0), p[-1])
-            total += float(-np.log(np.clip(p_true, 1e-12, 1.0)).sum())
-            count += len(p_true)
-        return total / max(count, 1)
-
-    return fit.fit_temperature(nll)
-
-
 def usable(pages: Sequence[WordPage]) -> list[WordPage]:
     """Pages the model can take: with words, and not more than :data:`MAX_WORDS` of them."""
     return [p for p in pages if 0 < len(p.units) <= MAX_WORDS]
@@ -118,7 +98,7 @@ def train_group(train_pages: Sequence[WordPage], val_pages: Sequence[WordPage], 
 
     history = fit.fit(model, group_loss, train, settings, validate, progress)
     logits = group_logits(model, val)
-    temperature = group_temperature(logits, val)
+    temperature = fit.re_temperature(logits, val)  # the same "which one (or none)" softmax as RE
     threshold = group_threshold(logits, val_pages, temperature)
     scores = evaluate_groups(logits, val_pages, temperature, threshold)
     metrics = {"validation": scores, "hmean": scores["hmean"], "ece": group_ece(logits, val_pages, temperature, threshold),
