@@ -188,6 +188,9 @@ class ReviewConfig(StrictModel):
     lockout_minutes: float = Field(15.0, gt=0)
     session_idle_minutes: float = Field(60.0, gt=0)  # a session not used for this long ends
     exports_dir: Path = Path("data/exports")  # every export goes in a new folder under this one
+    # Where the Models page finds the latest active-learning measurement (bench/active.py's
+    # active.json and active.png), relative to ``paths.root``.
+    active_learning_results: Path = Path("bench/results")
 
 
 class KieTrainingConfig(StrictModel):

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from PIL import Image
 from streamlit.testing.v1 import AppTest
 
 from review_app.box_editor import EDITOR_KEY
@@ -263,6 +264,16 @@ def test_data_and_models_pages(app_env: PaperloopConfig, tmp_path: Path) -> None
     at.run()
     runs = at.dataframe[-1].value
     assert list(runs["Decision"]) == ["rejected"] and list(runs["Why"]) == ["line_accuracy 0.40 vs 0.47"]
+    assert any("No active-learning measurement yet" in i.value for i in at.info)
+    results = cfg.paths.root / cfg.review.active_learning_results
+    results.mkdir(parents=True, exist_ok=True)
+    (results / "active.json").write_text(json.dumps(
+        {"date": "2026-11-27T18:00:00+00:00", "line": "labels to reach 95% of full data: uncertainty 29%"}))
+    Image.new("RGB", (40, 20), "white").save(results / "active.png")
+    at.run()
+    assert not at.exception
+    assert any("uncertainty 29%" in m.value for m in at.markdown)
+    assert len(at.get("image")) == 1
 
 
 def test_review_command_refuses_an_open_address_without_a_password(app_env: PaperloopConfig) -> None:

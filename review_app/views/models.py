@@ -11,7 +11,7 @@ import streamlit as st
 
 from service.config import PaperloopConfig
 from service.registry import TASKS, ModelRegistry
-from service.review import ReviewService, hmean_history, learning_history, model_versions
+from service.review import ReviewService, active_learning_result, hmean_history, learning_history, model_versions
 
 
 def render(service: ReviewService, cfg: PaperloopConfig, reviewer: str) -> None:
@@ -47,6 +47,7 @@ def render(service: ReviewService, cfg: PaperloopConfig, reviewer: str) -> None:
             "Metrics": json.dumps(r["metrics"]) if r["metrics"] else "",
         } for r in task_rows]), hide_index=True, width="stretch")
     _learning_runs(service)
+    _active_learning(cfg)
 
 
 def _learning_runs(service: ReviewService) -> None:
@@ -60,3 +61,15 @@ def _learning_runs(service: ReviewService) -> None:
         "Candidate": r["candidate"] or "", "In service before": r["in_service"] or "",
         "New gold documents": r["new_documents"],
     } for r in runs]), hide_index=True, width="stretch")
+
+
+def _active_learning(cfg: PaperloopConfig) -> None:
+    st.markdown("#### Which documents to review first (active learning)")
+    folder = cfg.review.active_learning_results
+    result = active_learning_result(folder if folder.is_absolute() else (cfg.paths.root / folder).resolve())
+    if result is None:
+        st.info("No active-learning measurement yet: `bench/active.py` writes one.")
+        return
+    st.markdown(f"Measured {result.date}: {result.line}")
+    if result.curve is not None:
+        st.image(str(result.curve), caption="learning curves per strategy (bench/active.py)")

@@ -38,7 +38,9 @@ from service.review.exports import (
     export_rec, exports_root, resolve_image,
 )
 from service.review.gold import BOX_TOLERANCE, Change, diff_documents, segment_words, to_gold
-from service.review.models import hmean_history, learning_history, model_versions
+from service.review.models import (
+    ActiveLearningResult, active_learning_result, hmean_history, learning_history, model_versions,
+)
 from service.review.reread import Reread, reread_box
 from service.review.queue import (
     QUEUE_ORDERS, REVIEW_SOURCE, REVIEWED, WAITING, ClaimError, ConflictError, QueueItem, ReviewError,
@@ -73,5 +75,5 @@ __all__ = [
     "EXPORT_FORMATS", "ExportError", "ExportRecord", "create_export", "export_archive", "export_det", "export_gold",
     "export_kie", "export_rec", "exports_root", "resolve_image",
     # model versions
-    "hmean_history", "learning_history", "model_versions",
+    "ActiveLearningResult", "active_learning_result", "hmean_history", "learning_history", "model_versions",
 ]

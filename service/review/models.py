@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Mapping
 
 from service.registry import ModelRegistry, RegistryError
@@ -58,3 +61,23 @@ def learning_history(store: Store, limit: int = 200) -> list[dict[str, Any]]:
                           "FROM learning_runs ORDER BY id DESC LIMIT ?", [limit]).fetchall()
     keys = ("started_at", "finished_at", "task", "status", "reason", "candidate", "in_service", "new_documents")
     return [dict(zip(keys, row)) for row in rows]
+
+
+@dataclass(frozen=True)
+class ActiveLearningResult:
+    """The latest ``bench/active.py`` result: its summary line, date, and learning-curve image (if any)."""
+
+    line: str
+    date: str
+    curve: Path | None
+
+
+def active_learning_result(results_dir: Path) -> ActiveLearningResult | None:
+    """Read ``active.json`` (and ``active.png``) from ``results_dir``; ``None`` when there is no readable result."""
+    try:
+        report = json.loads((results_dir / "active.json").read_text(encoding="utf-8"))
+        line, date = str(report["line"]), str(report["date"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    curve = results_dir / "active.png"
+    return ActiveLearningResult(line, date, curve if curve.is_file() else None)

@@ -1,0 +1,310 @@
+"""Does reviewing the most uncertain documents first pay? (issue 15) Simulated reviewers on FUNSD.
+
+The first 139 FUNSD training forms are the pool of documents waiting for review; the last 10 are the
+learning job's frozen holdout (as in ``bench/loop.py``). Each run starts from the base models and
+10 forms drawn with the run's seed; every round, the learning job — the scheduled job's own code,
+``service.learning.run_learning_job`` with its holdout gate — retrains grouping, SER and RE on all
+forms labelled so far, and the strategy (:mod:`service.review.active`) picks the next 10 from the
+rest: ``uncertainty`` (the queue's order: each form is processed by the pipeline in service and
+scored by :func:`service.review.routing.document_uncertainty`), ``random``, or ``mixed``
+(uncertainty, no two near-identical forms in one batch). The gold labels of the picked forms stand
+in for the reviewers' corrections.
+
+After every round, on the 50 FUNSD test forms: SER and RE Hmean on ground-truth segments, and the
+key–value pair F1 of ``bench/pairs.py`` from the images end to end (OCR in service → grouping → SER
+→ RE), strict and lenient, plus from ground-truth lines. The OCR (base det/rec) is not retrained in
+this simulation, so each page is read once and its lines reused by every round.
+
+Usage, from the project root::
+
+    .venv/bin/python bench/active.py [--seeds 0,1,2] [--rounds 6] [--epochs 6] [--group-epochs 2]
+
+Runs are cached in ``--work`` (default ``/tmp/paperloop-bench-active``; delete it to start over), so
+an interrupted benchmark resumes. It writes ``bench/results/active.{json,md,png}`` and prints
+``labels to reach 95% of full data: uncertainty X%, random Y%, mixed Z%``.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+if str(PROJECT_ROOT) not in sys.path:
+    sys.path.insert(0, str(PROJECT_ROOT))
+
+import argparse  # noqa: E402
+import copy  # noqa: E402
+import json  # noqa: E402
+import random  # noqa: E402
+import shutil  # noqa: E402
+import statistics  # noqa: E402
+import time  # noqa: E402
+from typing import Any  # noqa: E402
+
+from bench.common import machine_info, utc_date, versions, write_results  # noqa: E402
+from bench.pairs import from_gold_lines, run_document_stages, score_documents  # noqa: E402
+from service.base_models import install_base_models  # noqa: E402
+from service.config import PaperloopConfig  # noqa: E402
+from service.document import Document  # noqa: E402
+from service.formats import read_funsd  # noqa: E402
+from service.funsd import split_pairs  # noqa: E402
+from service.kie.evaluation import evaluate_gold  # noqa: E402
+from service.labels import LabelStore  # noqa: E402
+from service.learning import run_learning_job  # noqa: E402
+from service.pipeline import DocumentPipeline  # noqa: E402
+from service.registry import ModelRegistry  # noqa: E402
+from service.review.active import STRATEGIES, Candidate, document_words, pick_batch  # noqa: E402
+from service.review.routing import document_uncertainty  # noqa: E402
+from service.store import Store  # noqa: E402
+
+POOL_FORMS = 139
+HOLDOUT_FORMS = 10
+BATCH = 10
+TASKS = ["group", "ser", "re"]
+DOCUMENT_STAGES = ("group", "ser", "re")
+TARGET_SHARE = 0.95
+METRICS = ("pairs_lenient", "pairs_strict", "pairs_gold_lines", "ser_hmean", "re_hmean")
+PRIMARY = "pairs_lenient"
+
+
+# -- the forms, read once -------------------------------------------------------------------------
+
+
+def read_forms(pairs: list[tuple[Path, Path]], prefix: str) -> list[Document]:
+    """Gold documents with ids unique to the bench (``<prefix>-<k>``)."""
+    return [read_funsd(annotation, image, document_id=f"{prefix}-{k:03d}") for k, (image, annotation) in enumerate(pairs)]
+
+
+def ocr_documents(work: Path, pairs: list[tuple[Path, Path]], prefix: str) -> list[Document]:
+    """The base OCR's reading of each image (no grouping / SER / RE), cached as JSON in ``work``."""
+    cache = work / f"ocr-{prefix}.json"
+    if cache.is_file():
+        return [Document.from_dict(d) for d in json.loads(cache.read_text())]
+    cfg = _config(work / "ocr-root", seed=0, epochs=1, group_epochs=1)
+    install_base_models(ModelRegistry(cfg.paths.resolve("models")))
+    pipeline = DocumentPipeline(cfg)
+    documents = [pipeline.process_file(image, f"{prefix}-{k:03d}", "-", image.name, skip=DOCUMENT_STAGES)
+                 for k, (image, _) in enumerate(pairs)]
+    cache.write_text(json.dumps([d.to_dict() for d in documents]))
+    return documents
+
+
+# -- one run: a strategy and a seed ---------------------------------------------------------------
+
+
+def _config(root: Path, seed: int, epochs: int, group_epochs: int) -> PaperloopConfig:
+    return PaperloopConfig.model_validate({
+        "paths": {"root": str(root)}, "learning": {"tasks": TASKS, "min_new_documents": 1},
+        "kie": {"training": {"epochs": epochs, "group_epochs": group_epochs, "seed": seed,
+                             "service_view": False}}})
+
+
+def evaluate(pipeline: DocumentPipeline, test_gold: list[Document], test_ocr: list[Document]) -> dict[str, float]:
+    """The round's figures on the test forms (see the module docstring)."""
+    cfg = pipeline.cfg
+    pipeline.models.refresh()
+    gold_scores = evaluate_gold(pipeline.models.kie, test_gold, cfg.kie.labels, cfg.kie.other_label)
+    from_images = [run_document_stages(pipeline, copy.deepcopy(d)) for d in test_ocr]
+    from_lines = [run_document_stages(pipeline, from_gold_lines(g)) for g in test_gold]
+    images, lines = score_documents(from_images, test_gold), score_documents(from_lines, test_gold)
+    return {"pairs_lenient": images["all links / lenient"]["f1"], "pairs_strict": images["all links / strict"]["f1"],
+            "pairs_gold_lines": lines["all links / strict"]["f1"],
+            "ser_hmean": round(gold_scores["ser"]["hmean"], 4), "re_hmean": round(gold_scores["re"]["hmean"], 4)}
+
+
+def candidates(pipeline: DocumentPipeline, pool_ocr: dict[str, Document], ids: list[str]) -> list[Candidate]:
+    """The unlabelled forms as the queue sees them: processed in service, with their uncertainty."""
+    strategy = pipeline.cfg.review.uncertainty
+    found = []
+    for document_id in ids:
+        processed = run_document_stages(pipeline, copy.deepcopy(pool_ocr[document_id]))
+        found.append(Candidate(document_id, document_uncertainty(processed, strategy), document_words(processed)))
+    return found
+
+
+def run_strategy(work: Path, strategy: str, seed: int, rounds: int, args: argparse.Namespace,
+                 pool_gold: dict[str, Document], holdout: list[Document], pool_ocr: dict[str, Document],
+                 test_gold: list[Document], test_ocr: list[Document]) -> dict[str, Any]:
+    """Rounds of learning job → evaluation → pick the next batch; ``strategy`` ``full`` trains on the whole pool once."""
+    done = work / f"run-{strategy}-{seed}.json"
+    if done.is_file():
+        return json.loads(done.read_text())
+    root = work / f"root-{strategy}-{seed}"
+    shutil.rmtree(root, ignore_errors=True)
+    cfg = _config(root, seed, args.epochs, args.group_epochs)
+    install_base_models(ModelRegistry(cfg.paths.resolve("models")))
+    labels = LabelStore(Store(cfg.paths.database))
+    for document in holdout:
+        labels.put(document, "funsd", "holdout")
+    pipeline = DocumentPipeline(cfg)
+    rng = random.Random(seed)
+    pool = sorted(pool_gold)
+    batch = pool if strategy == "full" else rng.sample(pool, BATCH)  # the first batch is the same for every strategy
+    labelled: list[str] = []
+    history = []
+    for round_number in range(1 if strategy == "full" else rounds):
+        started = time.perf_counter()
+        for document_id in batch:
+            labels.put(pool_gold[document_id], "funsd", "train")
+        labelled += batch
+        jobs = run_learning_job(cfg)
+        train_seconds = time.perf_counter() - started
+        figures = evaluate(pipeline, test_gold, test_ocr)
+        history.append({"round": round_number + 1, "labelled": len(labelled), **figures,
+                        "decisions": {j.task: j.status for j in jobs}, "train_seconds": round(train_seconds, 1),
+                        "picked": list(batch)})
+        print(f"{strategy} seed {seed}: {len(labelled)} forms {figures} "
+              f"({ {j.task: j.status for j in jobs} }, {train_seconds:.0f} s)", flush=True)
+        rest = [d for d in pool if d not in set(labelled)]
+        if round_number + 1 < rounds and rest:
+            batch = pick_batch(candidates(pipeline, pool_ocr, rest) if strategy != "random" else
+                               [Candidate(d, 0.0) for d in rest], BATCH, strategy, rng)
+    result = {"strategy": strategy, "seed": seed, "rounds": history}
+    done.write_text(json.dumps(result, indent=1))
+    shutil.rmtree(root, ignore_errors=True)
+    return result
+
+
+# -- the report -----------------------------------------------------------------------------------
+
+
+def labels_to_reach(history: list[dict[str, Any]], target: float, metric: str = PRIMARY) -> int | None:
+    """Labelled forms at the first round whose ``metric`` reaches ``target`` (``None`` if none does)."""
+    return next((r["labelled"] for r in history if r[metric] >= target), None)
+
+
+def curves(runs: list[dict[str, Any]]) -> dict[str, dict[int, dict[str, list[float]]]]:
+    """Per strategy, per labelled count, per metric: the values over the seeds."""
+    table: dict[str, dict[int, dict[str, list[float]]]] = {}
+    for run in runs:
+        for r in run["rounds"]:
+            cell = table.setdefault(run["strategy"], {}).setdefault(r["labelled"], {m: [] for m in METRICS})
+            for metric in METRICS:
+                cell[metric].append(r[metric])
+    return table
+
+
+def summarize(runs: list[dict[str, Any]], full: list[dict[str, Any]], pool_size: int) -> dict[str, Any]:
+    """Full-data figures, labels to reach 95 % of them per strategy, rounds where uncertainty beats random."""
+    full_mean = {m: statistics.mean(r["rounds"][0][m] for r in full) for m in METRICS}
+    target = TARGET_SHARE * full_mean[PRIMARY]
+    reach: dict[str, list[int | None]] = {}
+    for run in runs:
+        reach.setdefault(run["strategy"], []).append(labels_to_reach(run["rounds"], target))
+    table = curves(runs)
+    beats = {}
+    for strategy in ("uncertainty", "mixed"):
+        beats[strategy] = {n: statistics.mean(table[strategy][n][PRIMARY]) > statistics.mean(table["random"][n][PRIMARY])
+                           for n in sorted(table.get(strategy, {})) if n >= 30 and n in table.get("random", {})}
+    return {"full": full_mean, "target": target, "reach": reach, "beats_random_from_30": beats,
+            "reach_share": {s: _share(v, pool_size) for s, v in reach.items()}}
+
+
+def _share(reached: list[int | None], pool_size: int) -> str:
+    """Mean share of the pool over the seeds, or '>X%' when a seed never got there within the rounds."""
+    if any(v is None for v in reached):
+        return f">{max((v or 0) for v in reached) / pool_size:.0%}" if all(v is None for v in reached) else \
+            f"≥{statistics.mean(v for v in reached if v is not None) / pool_size:.0%} ({sum(v is None for v in reached)} seed(s) never)"
+    return f"{statistics.mean(reached) / pool_size:.0%}"
+
+
+def plot(runs: list[dict[str, Any]], summary: dict[str, Any], path: Path) -> None:
+    """One panel per metric: mean over seeds per strategy with the min–max spread, full data dashed."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    table = curves(runs)
+    fig, axes = plt.subplots(1, len(METRICS), figsize=(4.2 * len(METRICS), 3.6))
+    for axis, metric in zip(axes, METRICS):
+        for strategy, cells in sorted(table.items()):
+            xs = sorted(cells)
+            values = [cells[x][metric] for x in xs]
+            axis.plot(xs, [statistics.mean(v) for v in values], marker="o", label=strategy)
+            axis.fill_between(xs, [min(v) for v in values], [max(v) for v in values], alpha=0.2)
+        axis.axhline(summary["full"][metric], linestyle="--", color="grey", label=f"all {POOL_FORMS} forms")
+        axis.set_title(metric.replace("_", " "))
+        axis.set_xlabel("labelled forms")
+    axes[0].legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+
+
+def markdown(report: dict[str, Any]) -> str:
+    """The report as a Markdown page."""
+    summary, table = report["summary"], curves(report["runs"])
+    header = "| strategy | labelled | " + " | ".join(METRICS) + " |"
+    rows = [header, "|---|---|" + "---|" * len(METRICS)]
+    for strategy, cells in sorted(table.items()):
+        for n in sorted(cells):
+            rows.append(f"| {strategy} | {n} | " + " | ".join(
+                f"{statistics.mean(cells[n][m]):.3f} ± {statistics.pstdev(cells[n][m]):.3f}" for m in METRICS) + " |")
+    full = " | ".join(f"{summary['full'][m]:.3f}" for m in METRICS)
+    return "\n".join([
+        "# Active learning on FUNSD: which forms to review first (issue 15)", "",
+        f"Date: {report['date']}  ", f"Machine: {report['machine']}  ", f"Versions: {report['versions']}  ",
+        f"Run time: {report['seconds']} s", "", f"Setting: {report['setting']}", "",
+        "Pool: the first 139 FUNSD training forms; holdout of the learning job's gate: the last 10. Every run "
+        "starts from the base models and 10 forms drawn with its seed (the same for every strategy); each round "
+        "the learning job retrains grouping, SER and RE on everything labelled (gated on the holdout, so a "
+        "rejected candidate leaves the previous model in service), the figures are taken on the 50 FUNSD test "
+        "forms, and the strategy picks the next 10 forms. Values: mean ± standard deviation over the seeds. "
+        "`pairs_*`: key–value pair F1 as `bench/pairs.py` counts it (all links), from the images end to end "
+        "(base OCR), lenient and strict, and strict from ground-truth lines; `ser_hmean`, `re_hmean`: on "
+        "ground-truth segments.", "",
+        f"All {POOL_FORMS} forms (mean over the seeds): | {full} |", "",
+        f"95 % of the full-data {PRIMARY}: {summary['target']:.4f}. Forms needed per seed: {summary['reach']}.", "",
+        f"Does the strategy beat random (mean {PRIMARY}) at each round from 30 labelled forms on? "
+        f"{summary['beats_random_from_30']}", "",
+        "![learning curves](active.png)", "", *rows, "", report["line"], ""])
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run (or resume) every strategy × seed and the full-data runs; write ``active.{json,md,png}``."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--seeds", default="0,1,2")
+    parser.add_argument("--strategies", default=",".join(STRATEGIES))
+    parser.add_argument("--rounds", type=int, default=6, help="rounds of 10 forms (6: up to 60 labelled forms)")
+    parser.add_argument("--epochs", type=int, default=6, help="kie.training.epochs (SER, RE) in every round")
+    parser.add_argument("--group-epochs", type=int, default=2, help="kie.training.group_epochs in every round")
+    parser.add_argument("--work", type=Path, default=Path("/tmp/paperloop-bench-active"))
+    parser.add_argument("--out", type=Path, default=PROJECT_ROOT / "bench/results")
+    args = parser.parse_args(argv)
+    args.work.mkdir(parents=True, exist_ok=True)
+    started = time.perf_counter()
+    training = split_pairs("training")
+    pool_pairs, holdout_pairs = training[:POOL_FORMS], training[POOL_FORMS:POOL_FORMS + HOLDOUT_FORMS]
+    pool_gold = {d.id: d for d in read_forms(pool_pairs, "pool")}
+    holdout = read_forms(holdout_pairs, "holdout")
+    test_pairs = split_pairs("testing")
+    test_gold = read_forms(test_pairs, "test")
+    print("reading the forms with the base OCR (cached)...", flush=True)
+    pool_ocr = {d.id: d for d in ocr_documents(args.work, pool_pairs, "pool")}
+    test_ocr = ocr_documents(args.work, test_pairs, "test")
+    seeds = [int(s) for s in args.seeds.split(",")]
+    shared = (pool_gold, holdout, pool_ocr, test_gold, test_ocr)
+    runs = [run_strategy(args.work, strategy, seed, args.rounds, args, *shared)
+            for seed in seeds for strategy in args.strategies.split(",")]
+    full = [run_strategy(args.work, "full", seed, 1, args, *shared) for seed in seeds]
+    summary = summarize(runs, full, POOL_FORMS)
+    line = "labels to reach 95% of full data: " + ", ".join(
+        f"{s} {summary['reach_share'].get(s, '-')}" for s in args.strategies.split(","))
+    report = {"date": utc_date(), "machine": machine_info(), "versions": versions(),
+              "seconds": round(time.perf_counter() - started, 1),
+              "setting": {"pool_forms": POOL_FORMS, "holdout_forms": HOLDOUT_FORMS, "batch": BATCH,
+                          "rounds": args.rounds, "seeds": seeds, "epochs": args.epochs,
+                          "group_epochs": args.group_epochs, "service_view": False, "tasks": TASKS,
+                          "primary_metric": PRIMARY},
+              "summary": summary, "line": line, "runs": runs, "full": full}
+    args.out.mkdir(parents=True, exist_ok=True)
+    plot(runs, summary, args.out / "active.png")
+    write_results(args.out, "active", report, markdown(report))
+    print(line)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
