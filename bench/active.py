@@ -17,7 +17,7 @@ this simulation, so each page is read once and its lines reused by every round.
 
 Usage, from the project root::
 
-    .venv/bin/python bench/active.py [--seeds 0,1,2] [--rounds 6] [--epochs 6] [--group-epochs 2]
+    .venv/bin/python bench/active.py [--seeds 0,1,2] [--rounds 5] [--epochs 8] [--group-epochs 2]
 
 Runs are cached in ``--work`` (default ``/tmp/paperloop-bench-active``; delete it to start over), so
 an interrupted benchmark resumes. It writes ``bench/results/active.{json,md,png}`` and prints
@@ -267,8 +267,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--strategies", default=",".join(STRATEGIES))
-    parser.add_argument("--rounds", type=int, default=6, help="rounds of 10 forms (6: up to 60 labelled forms)")
-    parser.add_argument("--epochs", type=int, default=6, help="kie.training.epochs (SER, RE) in every round")
+    parser.add_argument("--rounds", type=int, default=5, help="rounds of 10 forms (5: up to 50 labelled forms, 36 %% of the pool)")
+    parser.add_argument("--epochs", type=int, default=8, help="kie.training.epochs (SER, RE) in every round")
     parser.add_argument("--group-epochs", type=int, default=2, help="kie.training.group_epochs in every round")
     parser.add_argument("--work", type=Path, default=Path("/tmp/paperloop-bench-active"))
     parser.add_argument("--out", type=Path, default=PROJECT_ROOT / "bench/results")

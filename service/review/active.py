@@ -26,7 +26,9 @@ from typing import Sequence
 from service.document import Document
 
 STRATEGIES = ("uncertainty", "random", "mixed")
-SIMILAR_ABOVE = 0.6  # cosine at or above which two forms count as near-identical (same template)
+# Cosine at or above which two forms count as near-identical (one template). Among the 139 FUNSD
+# training forms read by the base OCR, 99 % of form pairs are below 0.11 and 20 of 9,591 pairs reach 0.3.
+SIMILAR_ABOVE = 0.3
 _TOKEN = re.compile(r"[a-z0-9]{2,}")
 
 
