@@ -115,11 +115,12 @@ def evaluate(pipeline: DocumentPipeline, test_gold: list[Document], test_ocr: li
 
 def candidates(pipeline: DocumentPipeline, pool_ocr: dict[str, Document], ids: list[str]) -> list[Candidate]:
     """The unlabelled forms as the queue sees them: processed in service, with their uncertainty."""
-    strategy = pipeline.cfg.review.uncertainty
+    review = pipeline.cfg.review
     found = []
     for document_id in ids:
         processed = run_document_stages(pipeline, copy.deepcopy(pool_ocr[document_id]))
-        found.append(Candidate(document_id, document_uncertainty(processed, strategy), document_words(processed)))
+        uncertainty = document_uncertainty(processed, review.uncertainty, review.uncertainty_from)
+        found.append(Candidate(document_id, uncertainty, document_words(processed)))
     return found
 
 

@@ -22,7 +22,7 @@ from service.labels import LabelStore
 from service.pipeline import DocumentPipeline
 from service.review import (
     ClaimError, ConflictError, ReviewService, add_link, apply_box_event, apply_table_edits, auth_policy, decide, document_uncertainty,
-    export_gold, hash_password, hmean_history, is_audit_sample, is_loopback, score_uncertainty, update_segment,
+    export_gold, hash_password, hmean_history, is_audit_sample, is_loopback, score_uncertainty, segment_uncertainty, update_segment,
     verify_password,
 )
 from service.store import DONE, NEEDS_REVIEW, Store
@@ -516,3 +516,15 @@ def test_many_failures_from_one_address_lock_that_address_out(cfg: PaperloopConf
     with pytest.raises(LockedOut):
         accounts.authenticate("alice", "pw-alice", "10.9.9.9")
     assert accounts.authenticate("alice", "pw-alice", "10.0.0.1") == "alice"
+
+
+def test_uncertainty_reads_only_the_scores_named_in_uncertainty_from() -> None:
+    """``review.uncertainty_from``: a badly read but confidently labelled segment is uncertain for
+    the OCR's sake only; without ``rec`` it is not, and ``group`` brings the grouping score in."""
+    badly_read = segment(1, 0, (0, 0, 1, 1), "a", 0.55)
+    badly_read.label_score, badly_read.group_score = 0.99, 0.6
+    document = _doc([badly_read])
+    assert document_uncertainty(document) > 0.9
+    assert document_uncertainty(document, sources=("label",)) < 0.1
+    assert 0.9 < document_uncertainty(document, sources=("label", "group")) <= 0.98
+    assert segment_uncertainty(badly_read, sources=("link",)) is None

@@ -47,7 +47,7 @@ def joined_text(words: Iterable[Word]) -> str:
 
 def _segment_payload(segment: Segment, page: int, cfg: PaperloopConfig) -> dict[str, Any]:
     """One segment as the editor shows it: box as x0, y0, x1, y1, its words, how uncertain it is."""
-    uncertainty = segment_uncertainty(segment, cfg.review.uncertainty)
+    uncertainty = segment_uncertainty(segment, cfg.review.uncertainty, cfg.review.uncertainty_from)
     return {"id": segment.id, "page": page, "box": [round(v, 1) for v in segment.bbox], "text": segment.text,
             "label": segment.label, "words": [w.to_dict() for w in segment_words(segment)],
             "low": segment_is_low(segment, cfg), "unc": uncertainty, "conf": segment_confidence(segment),

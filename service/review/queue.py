@@ -169,7 +169,7 @@ class ReviewService:
             created_at = self.records.document_created_at(document_id)
             document = self.store.document(document_id)
             self.records.put_item(document_id, created_at, reason, [ReviewReason("manual", reason).to_dict()],
-                                  False, document_uncertainty(document, self.cfg.review.uncertainty), WAITING,
+                                  False, document_uncertainty(document, self.cfg.review.uncertainty, self.cfg.review.uncertainty_from), WAITING,
                                   utc_now())
 
     def items(self, status: str | None = WAITING) -> list[QueueItem]:

@@ -24,12 +24,14 @@ from __future__ import annotations
 import hashlib
 import math
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Collection
 
 from service.config import PaperloopConfig
 from service.document import Document, Segment
 
 UNCERTAINTY_STRATEGIES = ("entropy", "margin", "least_confidence")
+UNCERTAINTY_SOURCES = ("rec", "label", "group", "link")  # which scores a document's uncertainty reads
+DEFAULT_UNCERTAINTY_SOURCES = ("rec", "label", "link")
 
 
 # -- routing --------------------------------------------------------------------------------------
@@ -200,7 +202,7 @@ def decide(document: Document, cfg: PaperloopConfig) -> Decision:
     audit = not reasons and is_audit_sample(document, review.audit_percent)
     if audit:
         reasons.append(ReviewReason("audit", f"audit sample ({review.audit_percent:g}% of documents that passed)"))
-    return Decision(bool(reasons), tuple(reasons), audit, document_uncertainty(document, review.uncertainty))
+    return Decision(bool(reasons), tuple(reasons), audit, document_uncertainty(document, review.uncertainty, review.uncertainty_from))
 
 
 def segment_is_low(segment: Segment, cfg: PaperloopConfig) -> bool:
@@ -242,19 +244,25 @@ def score_uncertainty(p: float, strategy: str = "entropy") -> float:
     raise ValueError(f"unknown uncertainty strategy {strategy!r}; expected one of {UNCERTAINTY_STRATEGIES}")
 
 
-def segment_uncertainty(segment: Segment, strategy: str = "entropy") -> float | None:
-    """The larger uncertainty of a segment's recognition and label; ``None`` without scores."""
-    values = [score_uncertainty(s, strategy) for s in (segment.rec_score, segment.label_score) if s is not None]
+def segment_uncertainty(segment: Segment, strategy: str = "entropy",
+                        sources: Collection[str] = DEFAULT_UNCERTAINTY_SOURCES) -> float | None:
+    """The largest uncertainty of a segment's scores named in ``sources`` (recognition, label,
+    grouping); ``None`` without such scores."""
+    scores = {"rec": segment.rec_score, "label": segment.label_score, "group": segment.group_score}
+    values = [score_uncertainty(p, strategy) for name, p in scores.items() if name in sources and p is not None]
     return max(values) if values else None
 
 
-def document_uncertainty(document: Document, strategy: str = "entropy") -> float:
-    """Mean uncertainty over the scored segments and links (normalized by the document's length).
+def document_uncertainty(document: Document, strategy: str = "entropy",
+                         sources: Collection[str] = DEFAULT_UNCERTAINTY_SOURCES) -> float:
+    """Mean uncertainty over the scored segments and (with ``link`` in ``sources``) links, so a
+    long document is not favoured for its length.
 
     A document with no text at all counts as fully uncertain.
     """
-    values = [u for s in document.segments if (u := segment_uncertainty(s, strategy)) is not None]
-    values += [score_uncertainty(link.score, strategy) for link in document.links if link.score is not None]
+    values = [u for s in document.segments if (u := segment_uncertainty(s, strategy, sources)) is not None]
+    if "link" in sources:
+        values += [score_uncertainty(link.score, strategy) for link in document.links if link.score is not None]
     if not values:
         return 1.0 if not document.segments else 0.0
     return round(sum(values) / len(values), 6)
