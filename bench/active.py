@@ -93,9 +93,10 @@ def ocr_documents(work: Path, pairs: list[tuple[Path, Path]], prefix: str) -> li
 # -- one run: a strategy and a seed ---------------------------------------------------------------
 
 
-def _config(root: Path, seed: int, epochs: int, group_epochs: int) -> PaperloopConfig:
+def _config(root: Path, seed: int, epochs: int, group_epochs: int, uncertainty_from: str = "") -> PaperloopConfig:
+    review = {"uncertainty_from": uncertainty_from.split("+")} if uncertainty_from else {}
     return PaperloopConfig.model_validate({
-        "paths": {"root": str(root)}, "learning": {"tasks": TASKS, "min_new_documents": 1},
+        "paths": {"root": str(root)}, "learning": {"tasks": TASKS, "min_new_documents": 1}, "review": review,
         "kie": {"training": {"epochs": epochs, "group_epochs": group_epochs, "seed": seed,
                              "service_view": False}}})
 
@@ -127,13 +128,17 @@ def candidates(pipeline: DocumentPipeline, pool_ocr: dict[str, Document], ids: l
 def run_strategy(work: Path, strategy: str, seed: int, rounds: int, args: argparse.Namespace,
                  pool_gold: dict[str, Document], holdout: list[Document], pool_ocr: dict[str, Document],
                  test_gold: list[Document], test_ocr: list[Document]) -> dict[str, Any]:
-    """Rounds of learning job → evaluation → pick the next batch; ``strategy`` ``full`` trains on the whole pool once."""
+    """Rounds of learning job → evaluation → pick the next batch; ``strategy`` ``full`` trains on the whole pool once.
+
+    ``uncertainty@label+group+link`` (or ``mixed@...``) orders by the uncertainty of those scores only
+    (``review.uncertainty_from``) instead of the configured ones."""
     done = work / f"run-{strategy}-{seed}.json"
     if done.is_file():
         return json.loads(done.read_text())
     root = work / f"root-{strategy}-{seed}"
     shutil.rmtree(root, ignore_errors=True)
-    cfg = _config(root, seed, args.epochs, args.group_epochs)
+    base_strategy, _, uncertainty_from = strategy.partition("@")
+    cfg = _config(root, seed, args.epochs, args.group_epochs, uncertainty_from)
     install_base_models(ModelRegistry(cfg.paths.resolve("models")))
     labels = LabelStore(Store(cfg.paths.database))
     for document in holdout:
@@ -159,8 +164,8 @@ def run_strategy(work: Path, strategy: str, seed: int, rounds: int, args: argpar
               f"({ {j.task: j.status for j in jobs} }, {train_seconds:.0f} s)", flush=True)
         rest = [d for d in pool if d not in set(labelled)]
         if round_number + 1 < rounds and rest:
-            batch = pick_batch(candidates(pipeline, pool_ocr, rest) if strategy != "random" else
-                               [Candidate(d, 0.0) for d in rest], BATCH, strategy, rng)
+            batch = pick_batch(candidates(pipeline, pool_ocr, rest) if base_strategy != "random" else
+                               [Candidate(d, 0.0) for d in rest], BATCH, base_strategy, rng)
     result = {"strategy": strategy, "seed": seed, "rounds": history}
     done.write_text(json.dumps(result, indent=1))
     shutil.rmtree(root, ignore_errors=True)
@@ -187,27 +192,34 @@ def curves(runs: list[dict[str, Any]]) -> dict[str, dict[int, dict[str, list[flo
 
 
 def summarize(runs: list[dict[str, Any]], full: list[dict[str, Any]], pool_size: int) -> dict[str, Any]:
-    """Full-data figures, labels to reach 95 % of them per strategy, rounds where uncertainty beats random."""
+    """Full-data figures; per metric and strategy, the forms each seed needed to reach 95 % of them;
+    whether each strategy's mean beats random's at every round from 30 labelled forms on."""
     full_mean = {m: statistics.mean(r["rounds"][0][m] for r in full) for m in METRICS}
-    target = TARGET_SHARE * full_mean[PRIMARY]
-    reach: dict[str, list[int | None]] = {}
-    for run in runs:
-        reach.setdefault(run["strategy"], []).append(labels_to_reach(run["rounds"], target))
+    reach: dict[str, dict[str, list[int | None]]] = {m: {} for m in METRICS}
+    for metric in METRICS:
+        for run in runs:
+            reached = labels_to_reach(run["rounds"], TARGET_SHARE * full_mean[metric], metric)
+            reach[metric].setdefault(run["strategy"], []).append(reached)
     table = curves(runs)
-    beats = {}
-    for strategy in ("uncertainty", "mixed"):
-        beats[strategy] = {n: statistics.mean(table[strategy][n][PRIMARY]) > statistics.mean(table["random"][n][PRIMARY])
-                           for n in sorted(table.get(strategy, {})) if n >= 30 and n in table.get("random", {})}
-    return {"full": full_mean, "target": target, "reach": reach, "beats_random_from_30": beats,
-            "reach_share": {s: _share(v, pool_size) for s, v in reach.items()}}
+    most = max(r["labelled"] for run in runs for r in run["rounds"])
+    beats: dict[str, dict[str, dict[int, bool]]] = {m: {} for m in METRICS}
+    for metric in METRICS:
+        for strategy in (s for s in table if s != "random"):
+            beats[metric][strategy] = {
+                n: statistics.mean(table[strategy][n][metric]) > statistics.mean(table["random"][n][metric])
+                for n in sorted(table[strategy]) if n >= 30 and n in table.get("random", {})}
+    return {"full": full_mean, "target": TARGET_SHARE * full_mean[PRIMARY], "reach": reach, "beats_random_from_30": beats,
+            "reach_share": {m: {s: _share(v, pool_size, most) for s, v in by_strategy.items()} for m, by_strategy in reach.items()}}
 
 
-def _share(reached: list[int | None], pool_size: int) -> str:
-    """Mean share of the pool over the seeds, or '>X%' when a seed never got there within the rounds."""
-    if any(v is None for v in reached):
-        return f">{max((v or 0) for v in reached) / pool_size:.0%}" if all(v is None for v in reached) else \
-            f"≥{statistics.mean(v for v in reached if v is not None) / pool_size:.0%} ({sum(v is None for v in reached)} seed(s) never)"
-    return f"{statistics.mean(reached) / pool_size:.0%}"
+def _share(reached: list[int | None], pool_size: int, most: int) -> str:
+    """Mean share of the pool over the seeds; '>X%' when no seed got there within ``most`` labelled
+    forms, '≥X% (k seed(s) never)' when some did not."""
+    found = [v for v in reached if v is not None]
+    if not found:
+        return f">{most / pool_size:.0%}"
+    share = f"{statistics.mean(found) / pool_size:.0%}"
+    return share if len(found) == len(reached) else f"≥{share} ({len(reached) - len(found)} seed(s) never)"
 
 
 def plot(runs: list[dict[str, Any]], summary: dict[str, Any], path: Path) -> None:
@@ -244,6 +256,16 @@ def markdown(report: dict[str, Any]) -> str:
             rows.append(f"| {strategy} | {n} | " + " | ".join(
                 f"{statistics.mean(cells[n][m]):.3f} ± {statistics.pstdev(cells[n][m]):.3f}" for m in METRICS) + " |")
     full = " | ".join(f"{summary['full'][m]:.3f}" for m in METRICS)
+    strategies = sorted(table)
+    reach_rows = ["| metric | 95 % of all forms | " + " | ".join(strategies) + " |", "|---|---|" + "---|" * len(strategies)]
+    beat_rows = ["| metric | " + " | ".join(s for s in strategies if s != "random") + " |",
+                 "|---|" + "---|" * (len(strategies) - 1)]
+    for m in METRICS:
+        reach_rows.append(f"| {m} | {TARGET_SHARE * summary['full'][m]:.3f} | " + " | ".join(
+            f"{summary['reach_share'][m].get(s, '-')} {summary['reach'][m].get(s)}" for s in strategies) + " |")
+        beat_rows.append(f"| {m} | " + " | ".join(
+            " ".join(f"{n}:{'yes' if b else 'no'}" for n, b in summary["beats_random_from_30"][m].get(s, {}).items())
+            for s in strategies if s != "random") + " |")
     return "\n".join([
         "# Active learning on FUNSD: which forms to review first (issue 15)", "",
         f"Date: {report['date']}  ", f"Machine: {report['machine']}  ", f"Versions: {report['versions']}  ",
@@ -256,10 +278,11 @@ def markdown(report: dict[str, Any]) -> str:
         "`pairs_*`: key–value pair F1 as `bench/pairs.py` counts it (all links), from the images end to end "
         "(base OCR), lenient and strict, and strict from ground-truth lines; `ser_hmean`, `re_hmean`: on "
         "ground-truth segments.", "",
-        f"All {POOL_FORMS} forms (mean over the seeds): | {full} |", "",
-        f"95 % of the full-data {PRIMARY}: {summary['target']:.4f}. Forms needed per seed: {summary['reach']}.", "",
-        f"Does the strategy beat random (mean {PRIMARY}) at each round from 30 labelled forms on? "
-        f"{summary['beats_random_from_30']}", "",
+        "| metric | " + " | ".join(METRICS) + " |", "|---|" + "---|" * len(METRICS),
+        f"| all {POOL_FORMS} forms (mean over the seeds) | {full} |", "",
+        f"Share of the {POOL_FORMS}-form pool needed to reach 95 % of the full-data figure (mean over the seeds; "
+        "'>' when no seed got there within the rounds; forms per seed in brackets, None = not reached):", "",
+        *reach_rows, "", "Mean over the seeds above random's at each round from 30 labelled forms on:", "", *beat_rows, "",
         "![learning curves](active.png)", "", *rows, "", report["line"], ""])
 
 
@@ -292,7 +315,7 @@ def main(argv: list[str] | None = None) -> int:
     full = [run_strategy(args.work, "full", seed, 1, args, *shared) for seed in seeds]
     summary = summarize(runs, full, POOL_FORMS)
     line = "labels to reach 95% of full data: " + ", ".join(
-        f"{s} {summary['reach_share'].get(s, '-')}" for s in args.strategies.split(","))
+        f"{s} {summary['reach_share'][PRIMARY].get(s, '-')}" for s in args.strategies.split(","))
     report = {"date": utc_date(), "machine": machine_info(), "versions": versions(),
               "seconds": round(time.perf_counter() - started, 1),
               "setting": {"pool_forms": POOL_FORMS, "holdout_forms": HOLDOUT_FORMS, "batch": BATCH,

@@ -7,7 +7,7 @@ from collections import Counter
 
 import pytest
 
-from bench.active import _share, labels_to_reach
+from bench.active import METRICS, _share, labels_to_reach, markdown, summarize
 from service.document import Document, Page, Segment
 from service.review.active import Candidate, cosine, document_words, pick_batch, tfidf_vectors
 
@@ -59,6 +59,24 @@ def test_labels_to_reach_and_its_share() -> None:
     history = [{"labelled": 10, "pairs_lenient": 0.2}, {"labelled": 20, "pairs_lenient": 0.31}]
     assert labels_to_reach(history, 0.3) == 20
     assert labels_to_reach(history, 0.5) is None
-    assert _share([20, 40], 100) == "30%"
-    assert _share([None, None], 100) == ">0%"
-    assert _share([20, None], 100).startswith("≥20%")
+    assert _share([20, 40], 100, 50) == "30%"
+    assert _share([None, None], 100, 50) == ">50%"
+    assert _share([20, None], 100, 50) == "≥20% (1 seed(s) never)"
+
+
+def _run(strategy: str, seed: int, values: list[float]) -> dict:
+    return {"strategy": strategy, "seed": seed,
+            "rounds": [{"labelled": 10 * (k + 1), **{m: v for m in METRICS}} for k, v in enumerate(values)]}
+
+
+def test_summary_reaches_and_beats_random() -> None:
+    runs = [_run("uncertainty", 0, [0.1, 0.5, 0.8, 0.9]), _run("random", 0, [0.1, 0.4, 0.7, 0.92])]
+    summary = summarize(runs, [_run("full", 0, [1.0])], 100)
+    assert summary["reach"]["pairs_lenient"] == {"uncertainty": [None], "random": [None]}
+    assert summary["reach_share"]["pairs_lenient"]["random"] == ">40%"
+    summary = summarize(runs, [_run("full", 0, [0.9])], 100)
+    assert summary["reach"]["ser_hmean"] == {"uncertainty": [40], "random": [40]}
+    assert summary["beats_random_from_30"]["re_hmean"]["uncertainty"] == {30: True, 40: False}
+    page = markdown({"summary": summary, "runs": runs, "date": "d", "machine": "m", "versions": "v",
+                     "seconds": 1, "setting": {}, "line": "labels to reach 95% of full data: uncertainty 40%"})
+    assert "| pairs_lenient | 0.855 | 40% [40] | 40% [40] |" in page and "30:yes 40:no" in page
