@@ -3,21 +3,27 @@
 The first 139 FUNSD training forms are the pool of documents waiting for review; the last 10 are the
 learning job's frozen holdout (as in ``bench/loop.py``). Each run starts from the base models and
 10 forms drawn with the run's seed; every round, the learning job — the scheduled job's own code,
-``service.learning.run_learning_job`` with its holdout gate — retrains grouping, SER and RE on all
+``service.learning.run_learning_job`` with its holdout gate — retrains SER and RE (``--tasks``) on all
 forms labelled so far, and the strategy (:mod:`service.review.active`) picks the next 10 from the
 rest: ``uncertainty`` (the queue's order: each form is processed by the pipeline in service and
 scored by :func:`service.review.routing.document_uncertainty`), ``random``, or ``mixed``
 (uncertainty, no two near-identical forms in one batch). The gold labels of the picked forms stand
-in for the reviewers' corrections.
+in for the reviewers' corrections. ``uncertainty@label+link`` is the uncertainty order computed from
+the SER and RE scores only (``review.uncertainty_from``), leaving out the recognizer's.
+
+Grouping is not retrained by default: in short rounds (2 epochs) its candidates were refused by the
+gate round after round, freezing a 10-form grouper that decided the end-to-end figures, and with
+the service's 8 epochs the benchmark would not fit in a session; at full data the grouping stage
+moves end-to-end pair F1 by 0.011 (``bench/results/pairs.md``). ``--tasks group,ser,re`` puts it back.
 
 After every round, on the 50 FUNSD test forms: SER and RE Hmean on ground-truth segments, and the
-key–value pair F1 of ``bench/pairs.py`` from the images end to end (OCR in service → grouping → SER
+key–value pair F1 of ``bench/pairs.py`` from the images end to end (OCR in service → [grouping] → SER
 → RE), strict and lenient, plus from ground-truth lines. The OCR (base det/rec) is not retrained in
 this simulation, so each page is read once and its lines reused by every round.
 
 Usage, from the project root::
 
-    .venv/bin/python bench/active.py [--seeds 0,1,2] [--rounds 5] [--epochs 8] [--group-epochs 2]
+    .venv/bin/python bench/active.py [--seeds 0,1,2] [--rounds 5] [--epochs 8] [--tasks ser,re]
 
 Runs are cached in ``--work`` (default ``/tmp/paperloop-bench-active``; delete it to start over), so
 an interrupted benchmark resumes. It writes ``bench/results/active.{json,md,png}`` and prints
@@ -61,7 +67,7 @@ from service.store import Store  # noqa: E402
 POOL_FORMS = 139
 HOLDOUT_FORMS = 10
 BATCH = 10
-TASKS = ["group", "ser", "re"]
+TASKS = "ser,re"  # grouping too with --tasks group,ser,re (see --group-epochs)
 DOCUMENT_STAGES = ("group", "ser", "re")
 TARGET_SHARE = 0.95
 METRICS = ("pairs_lenient", "pairs_strict", "pairs_gold_lines", "ser_hmean", "re_hmean")
@@ -81,7 +87,7 @@ def ocr_documents(work: Path, pairs: list[tuple[Path, Path]], prefix: str) -> li
     cache = work / f"ocr-{prefix}.json"
     if cache.is_file():
         return [Document.from_dict(d) for d in json.loads(cache.read_text())]
-    cfg = _config(work / "ocr-root", seed=0, epochs=1, group_epochs=1)
+    cfg = PaperloopConfig.model_validate({"paths": {"root": str(work / "ocr-root")}})
     install_base_models(ModelRegistry(cfg.paths.resolve("models")))
     pipeline = DocumentPipeline(cfg)
     documents = [pipeline.process_file(image, f"{prefix}-{k:03d}", "-", image.name, skip=DOCUMENT_STAGES)
@@ -93,10 +99,12 @@ def ocr_documents(work: Path, pairs: list[tuple[Path, Path]], prefix: str) -> li
 # -- one run: a strategy and a seed ---------------------------------------------------------------
 
 
-def _config(root: Path, seed: int, epochs: int, group_epochs: int, uncertainty_from: str = "") -> PaperloopConfig:
+def _config(root: Path, seed: int, args: argparse.Namespace, uncertainty_from: str = "") -> PaperloopConfig:
     review = {"uncertainty_from": uncertainty_from.split("+")} if uncertainty_from else {}
+    epochs, group_epochs = args.epochs, args.group_epochs
     return PaperloopConfig.model_validate({
-        "paths": {"root": str(root)}, "learning": {"tasks": TASKS, "min_new_documents": 1}, "review": review,
+        "paths": {"root": str(root)}, "learning": {"tasks": args.tasks.split(","), "min_new_documents": 1},
+        "review": review,
         "kie": {"training": {"epochs": epochs, "group_epochs": group_epochs, "seed": seed,
                              "service_view": False}}})
 
@@ -138,7 +146,7 @@ def run_strategy(work: Path, strategy: str, seed: int, rounds: int, args: argpar
     root = work / f"root-{strategy}-{seed}"
     shutil.rmtree(root, ignore_errors=True)
     base_strategy, _, uncertainty_from = strategy.partition("@")
-    cfg = _config(root, seed, args.epochs, args.group_epochs, uncertainty_from)
+    cfg = _config(root, seed, args, uncertainty_from)
     install_base_models(ModelRegistry(cfg.paths.resolve("models")))
     labels = LabelStore(Store(cfg.paths.database))
     for document in holdout:
@@ -272,7 +280,7 @@ def markdown(report: dict[str, Any]) -> str:
         f"Run time: {report['seconds']} s", "", f"Setting: {report['setting']}", "",
         "Pool: the first 139 FUNSD training forms; holdout of the learning job's gate: the last 10. Every run "
         "starts from the base models and 10 forms drawn with its seed (the same for every strategy); each round "
-        "the learning job retrains grouping, SER and RE on everything labelled (gated on the holdout, so a "
+        f"the learning job retrains {report['setting']['tasks']} on everything labelled (gated on the holdout, so a "
         "rejected candidate leaves the previous model in service), the figures are taken on the 50 FUNSD test "
         "forms, and the strategy picks the next 10 forms. Values: mean ± standard deviation over the seeds. "
         "`pairs_*`: key–value pair F1 as `bench/pairs.py` counts it (all links), from the images end to end "
@@ -290,10 +298,11 @@ def main(argv: list[str] | None = None) -> int:
     """Run (or resume) every strategy × seed and the full-data runs; write ``active.{json,md,png}``."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seeds", default="0,1,2")
-    parser.add_argument("--strategies", default=",".join(STRATEGIES))
+    parser.add_argument("--strategies", default=",".join(STRATEGIES + ("uncertainty@label+link",)))
     parser.add_argument("--rounds", type=int, default=5, help="rounds of 10 forms (5: up to 50 labelled forms, 36 %% of the pool)")
     parser.add_argument("--epochs", type=int, default=8, help="kie.training.epochs (SER, RE) in every round")
-    parser.add_argument("--group-epochs", type=int, default=2, help="kie.training.group_epochs in every round")
+    parser.add_argument("--group-epochs", type=int, default=8, help="kie.training.group_epochs (with --tasks group,...)")
+    parser.add_argument("--tasks", default=TASKS, help="the learning job's tasks in every round")
     parser.add_argument("--work", type=Path, default=Path("/tmp/paperloop-bench-active"))
     parser.add_argument("--out", type=Path, default=PROJECT_ROOT / "bench/results")
     args = parser.parse_args(argv)
@@ -320,7 +329,7 @@ def main(argv: list[str] | None = None) -> int:
               "seconds": round(time.perf_counter() - started, 1),
               "setting": {"pool_forms": POOL_FORMS, "holdout_forms": HOLDOUT_FORMS, "batch": BATCH,
                           "rounds": args.rounds, "seeds": seeds, "epochs": args.epochs,
-                          "group_epochs": args.group_epochs, "service_view": False, "tasks": TASKS,
+                          "group_epochs": args.group_epochs, "service_view": False, "tasks": args.tasks.split(","),
                           "primary_metric": PRIMARY},
               "summary": summary, "line": line, "runs": runs, "full": full}
     args.out.mkdir(parents=True, exist_ok=True)

@@ -78,5 +78,5 @@ def test_summary_reaches_and_beats_random() -> None:
     assert summary["reach"]["ser_hmean"] == {"uncertainty": [40], "random": [40]}
     assert summary["beats_random_from_30"]["re_hmean"]["uncertainty"] == {30: True, 40: False}
     page = markdown({"summary": summary, "runs": runs, "date": "d", "machine": "m", "versions": "v",
-                     "seconds": 1, "setting": {}, "line": "labels to reach 95% of full data: uncertainty 40%"})
+                     "seconds": 1, "setting": {"tasks": ["ser", "re"]}, "line": "labels to reach 95% of full data: uncertainty 40%"})
     assert "| pairs_lenient | 0.855 | 40% [40] | 40% [40] |" in page and "30:yes 40:no" in page
