@@ -21,7 +21,7 @@ from service.document import Document, Link, Page, Segment, bbox_to_quad
 from service.labels import LabelStore
 from service.pipeline import DocumentPipeline
 from service.review import (
-    ClaimError, ConflictError, ReviewService, add_link, apply_box_event, apply_table_edits, auth_policy, decide, document_uncertainty,
+    ClaimError, ConflictError, ReviewService, add_link, add_segment, auth_policy, delete_segment, decide, document_uncertainty,
     export_gold, hash_password, hmean_history, is_audit_sample, is_loopback, score_uncertainty, segment_uncertainty, update_segment,
     verify_password,
 )
@@ -205,9 +205,9 @@ def test_save_writes_gold_and_one_audit_row_per_change(cfg: PaperloopConfig, sto
     update_segment(draft, "p1-s0002", text="12/10/98", label="answer")
     update_segment(draft, "p1-s0001", label="question")
     update_segment(draft, "p1-s0003", box=(18, 128, 125, 158))
-    _, new_id = apply_box_event(draft, 1, {"action": "add", "box": [140, 130, 220, 155]})
+    new_id = add_segment(draft, 1, [140, 130, 220, 155])
     update_segment(draft, new_id, text="$1,234.00", label="answer")
-    _, _ = apply_box_event(draft, 1, {"action": "delete", "id": "p1-s0000"})
+    delete_segment(draft, "p1-s0000")
     assert add_link(draft, "p1-s0001", "p1-s0002") and add_link(draft, "p1-s0003", new_id)
     result = service.save(made.id, draft, "alice", revision)
     assert result.revision == 1 and result.split in ("train", "holdout")
@@ -373,23 +373,19 @@ def test_hmean_history_reads_what_cards_hold(tmp_path: Path) -> None:
                                                                           ("v2", "hmean", 0.78)]
 
 
-def test_box_and_table_edits_change_the_working_copy() -> None:
+def test_edits_change_the_working_copy() -> None:
     document = _doc([segment(1, 0, (10, 10, 50, 30), "a", 0.5), segment(1, 1, (10, 40, 50, 60), "b", 0.5),
                      segment(1, 2, (10, 70, 50, 90), "c", 0.5)], [Link("p1-s0000", "p1-s0001")])
-    assert apply_box_event(document, 1, {"action": "select", "id": "p1-s0001"}) == (False, "p1-s0001")
-    assert apply_box_event(document, 1, {"action": "move", "id": "p1-s0001", "box": [12, 42, 52, 62]})[0]
+    assert update_segment(document, "p1-s0001", box=[12, 42, 52, 62])
     assert document.segment("p1-s0001").bbox == (12, 42, 52, 62)
-    assert apply_box_event(document, 1, {"action": "resize", "id": "p1-s0001", "box": [12, 42, 80, 70]})[0]
-    assert not apply_box_event(document, 1, {"action": "move", "id": "p1-s0001", "box": [12, 42, 80, 70]})[0]
-    changed, new_id = apply_box_event(document, 1, {"action": "add", "box": [100, 100, 160, 120]})
-    assert changed and new_id == "p1-r0000" and document.segment(new_id).text == ""
-    assert apply_box_event(document, 1, {"action": "delete", "id": "p1-s0000"}) == (True, None)
+    assert not update_segment(document, "p1-s0001", box=[12, 42, 52, 62])
+    new_id = add_segment(document, 1, [100, 100, 160, 120])
+    assert new_id == "p1-r0000" and document.segment(new_id).text == ""
+    delete_segment(document, "p1-s0000")
     assert document.links == []  # the link named the deleted box
-    edits = {"edited_rows": {0: {"text": "B!", "label": "question"}, 1: {"delete": True}, 2: {"label": "(none)"}}}
-    assert apply_table_edits(document, ["p1-s0001", "p1-s0002", new_id], edits)
-    assert [(s.id, s.text, s.label) for s in document.segments] == [("p1-s0001", "B!", "question"),
-                                                                   (new_id, "", None)]
-    assert not apply_table_edits(document, ["p1-s0001"], {"edited_rows": {0: {"text": "B!"}}})
+    assert update_segment(document, "p1-s0001", text="B!", label="question")
+    assert [(s.id, s.text, s.label) for s in document.segments] == [
+        ("p1-s0001", "B!", "question"), ("p1-s0002", "c", None), (new_id, "", None)]
 
 
 # -- issue 9: accounts, lockout, sessions, exports, unchanged saves ------------------------------------

@@ -29,7 +29,7 @@ from service.review.accounts import (
     AccountError, LockedOut, LoginError, Reviewer, ReviewerAccounts, check_account_name,
 )
 from service.review.edits import (
-    KNOWN_COLOURS, LABEL_COLOURS, UNLABELLED_COLOUR, add_link, add_segment, apply_box_event, apply_table_edits,
+    KNOWN_COLOURS, LABEL_COLOURS, UNLABELLED_COLOUR, add_link, add_segment,
     delete_segment, label_colours, new_segment_id, page_of, remove_link, update_segment,
 )
 from service.review.editor import EditorDiffError, apply_editor_diff, editor_document, joined_text, reading_order
@@ -66,8 +66,8 @@ __all__ = [
     "QUEUE_ORDERS", "REVIEW_SOURCE", "REVIEWED", "WAITING", "ClaimError", "ConflictError", "QueueItem",
     "ReviewError", "ReviewService", "SaveResult", "human_age", "task_counts",
     # editing a working copy
-    "KNOWN_COLOURS", "LABEL_COLOURS", "UNLABELLED_COLOUR", "add_link", "add_segment", "apply_box_event",
-    "apply_table_edits", "delete_segment", "label_colours", "new_segment_id", "page_of", "remove_link",
+    "KNOWN_COLOURS", "LABEL_COLOURS", "UNLABELLED_COLOUR", "add_link", "add_segment", "delete_segment",
+    "label_colours", "new_segment_id", "page_of", "remove_link",
     "update_segment",
     # the page editor and re-reading
     "EditorDiffError", "apply_editor_diff", "editor_document", "joined_text", "reading_order", "Reread", "reread_box",

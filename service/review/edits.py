@@ -6,7 +6,7 @@ These change a :class:`Document` in place; nothing is stored until
 
 from __future__ import annotations
 
-from typing import Any, Iterable, Mapping
+from typing import Any, Iterable
 
 from service.document import Document, Link, Page, Segment
 from service.review.gold import _box_changed
@@ -91,44 +91,6 @@ def remove_link(document: Document, key: str, value: str) -> bool:
     before = len(document.links)
     document.links = [link for link in document.links if (link.key, link.value) != (key, value)]
     return len(document.links) != before
-
-
-def apply_box_event(document: Document, page_number: int, event: Mapping[str, Any]) -> tuple[bool, str | None]:
-    """Apply one box-editor event (select / move / resize / add / delete) to a working copy.
-
-    Returns (whether the document changed, the segment now selected).
-    """
-    action, segment_id, box = event.get("action"), event.get("id"), event.get("box")
-    known = {s.id for s in page_of(document, page_number).segments}
-    if action == "select":
-        return False, segment_id if segment_id in known else None
-    if action in ("move", "resize") and segment_id in known and box:
-        return update_segment(document, segment_id, box=box), segment_id
-    if action == "add" and box:
-        return True, add_segment(document, page_number, box)
-    if action == "delete" and segment_id in known:
-        delete_segment(document, segment_id)
-        return True, None
-    return False, segment_id if segment_id in known else None
-
-
-def apply_table_edits(document: Document, ids: list[str], edits: Mapping[str, Any], no_label: str = "(none)") -> bool:
-    """Apply the edits of the segments table (Streamlit's ``edited_rows``: row → {column: value}) to a
-    working copy; ``ids`` are the segment ids of the rows. Returns whether anything changed."""
-    changed = False
-    for row, change in edits.get("edited_rows", {}).items():
-        segment_id = ids[int(row)]
-        if change.get("delete"):
-            delete_segment(document, segment_id)
-            changed = True
-            continue
-        fields: dict[str, Any] = {}
-        if "text" in change:
-            fields["text"] = change["text"] or ""
-        if "label" in change:
-            fields["label"] = None if change["label"] in (None, no_label) else change["label"]
-        changed |= update_segment(document, segment_id, **fields)
-    return changed
 
 
 def new_segment_id(document: Document, page: int) -> str:
