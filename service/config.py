@@ -274,7 +274,7 @@ class LearningConfig(StrictModel):
     synthetic_font_dirs: list[str] = ["/usr/share/fonts/truetype/dejavu", "/usr/share/fonts/truetype/liberation"]
     min_new_documents: int = Field(20, ge=0)  # new gold documents since the task's last run
     margin: float = Field(0.005, ge=0)  # the main metric must improve by at least this
-    tolerance: float = Field(0.01, ge=0)  # no other metric may fall by more (plus the main metric's gain)
+    tolerance: float = Field(0.01, ge=0)  # no other metric may fall by more (precision, recall: plus the gain)
     nice: int = Field(10, ge=0, le=19)  # training runs in a child process at this priority
 
     @field_validator("tasks")
