@@ -128,6 +128,30 @@ def test_a_single_value_field_gets_one_value_the_most_probable() -> None:
     assert totals[0].confidence == pytest.approx(0.85 * 0.99)
 
 
+def test_a_keyed_total_is_the_last_one_printed_with_its_key_not_the_one_before_rounding() -> None:
+    """Before: SER's most probable amount won, and on holdout receipts that was mostly the total before
+    rounding (``Total Amount: RM8.76`` above ``Rounding: -RM0.01`` and ``Nett Total: RM8.75``)."""
+    document = receipt([
+        line("p1-s0000", "Total Amount:", 300, x=10), line("p1-s0001", "RM8.76", 300, x=300),
+        line("p1-s0002", "Rounding: -RM0.01", 330),
+        line("p1-s0003", "Nett Total: RM8.75", 360),
+        line("p1-s0004", "TOTAL QTY: 3", 390),  # keyed too, but a count: amounts with decimals first
+        line("p1-s0005", "CASH RM10.00", 420),
+    ])
+    probabilities = np.array([[0, 0, 0, 0.05, 0.95], [0, 0, 0, 0.84, 0.16], [0, 0, 0, 0.01, 0.99],
+                              [0, 0, 0, 0.02, 0.98], [0, 0, 0, 0.01, 0.99], [0, 0, 0, 0.3, 0.7]])
+    fill_fields(document, SCHEMA, probabilities, RECEIPT.kie.labels)
+    totals = [f for f in document.fields if f.name == "total"]
+    assert [(t.value, t.segments) for t in totals] == [("8.75", ["p1-s0003"])]
+
+
+def test_a_keyed_field_without_any_printed_key_falls_back_to_ser() -> None:
+    document = receipt([line("p1-s0000", "5.16", 280), line("p1-s0001", "91.16", 300)])
+    probabilities = np.array([[0, 0, 0, 0.2, 0.8], [0, 0, 0, 0.7, 0.3]])
+    fill_fields(document, SCHEMA, probabilities, RECEIPT.kie.labels)
+    assert [f.value for f in document.fields if f.name == "total"] == ["91.16"]
+
+
 def test_a_multiple_value_field_keeps_every_labelled_value() -> None:
     schema = FieldsConfig.model_validate({"fields": [{"name": "total", "type": "amount", "multiple": True}]})
     document = receipt([line("p1-s0000", "5.16", 280, label="total", score=0.6),

@@ -4,7 +4,10 @@ A segment is an OCR line (or, with a grouping model in service, an entity); SER 
 calibrated probability per label. For a single-value field the segment most likely to be that field
 (and, for a typed field, holding a value of its type) gives the value, parsed out of its text
 (``TOTAL RM 193.00`` → 193.00 MYR); a text field's value is continued over the adjacent lines SER
-gave the same label (an address), joined in reading order. A value's confidence is its SER
+gave the same label (an address), joined in reading order. A typed field found by a printed key
+(``found_by: key``) takes the value printed with the last of its keys on the page instead (a receipt
+prints its subtotal, tax and rounding before the total it is paid by; amounts with decimals first),
+and SER's choice only when no key is printed. A value's confidence is its SER
 probability times the lowest recognition score of its lines: both calibrated per segment, and the
 field thresholds (``routing``) are then set on held-out documents.
 """
@@ -16,7 +19,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from service.document import BBox, Document, FieldValue, Page, Segment
-from service.fields.matching import words_of_span
+from service.fields.matching import has_key, words_of_span
 from service.fields.schema import FieldsConfig, FieldSpec
 from service.fields.values import ParsedValue, parse_value
 
@@ -103,8 +106,29 @@ def _value_at(document: Document, spec: FieldSpec, cfg: FieldsConfig, index: int
     return _typed_value(document, spec, cfg, index, p)
 
 
+def last_keyed(document: Document, spec: FieldSpec, cfg: FieldsConfig) -> int | None:
+    """The segment, last in reading order, whose value of the field's type is printed after one of its keys
+    (in the segment or to its left on its row); amounts printed with decimals before whole numbers
+    (``TOTAL QTY 3`` under ``TOTAL 8.70``). ``None`` when no key is printed with a value."""
+    found: list[tuple[bool, int]] = []
+    for index, segment in enumerate(document.segments):
+        parsed = parse_value(spec, segment.text, cfg)
+        if parsed is not None and has_key(document, segment, parsed.start, spec.keys):
+            found.append((spec.type == "amount" and _has_decimals(segment.text[parsed.start:parsed.end]), index))
+    return max(found)[1] if found else None
+
+
+def _has_decimals(raw: str) -> bool:
+    return raw[-3:-2] in (".", ",") and raw[-2:].isdigit()
+
+
 def field_values(document: Document, spec: FieldSpec, cfg: FieldsConfig, probabilities: list[float]) -> list[FieldValue]:
-    """The values of one field: the most probable one, or for ``multiple`` every segment labelled with it."""
+    """The values of one field: the most probable one (for a typed field found by a key, the last keyed
+    one), or for ``multiple`` every segment labelled with it."""
+    if not spec.multiple and spec.found_by == "key" and spec.type != "text":
+        keyed = last_keyed(document, spec, cfg)
+        if keyed is not None and (value := _value_at(document, spec, cfg, keyed, probabilities[keyed])) is not None:
+            return [value]
     order = sorted(range(len(probabilities)), key=lambda i: -probabilities[i])
     if spec.multiple:
         chosen = [i for i in sorted(order) if document.segments[i].label == spec.name]

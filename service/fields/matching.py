@@ -91,7 +91,7 @@ def words_of_span(segment: Segment, start: int, end: int) -> tuple[WordRef, ...]
     return tuple((segment.id, i) for i, (a, b) in enumerate(word_spans(segment)) if a < end and b > start)
 
 
-def _has_key(document: Document, segment: Segment, start: int, keys: list[str]) -> bool:
+def has_key(document: Document, segment: Segment, start: int, keys: list[str]) -> bool:
     """Whether one of ``keys`` is printed before the value, in its segment or on its row to the left."""
     x0, y0, _, y1 = segment.bbox
     before = [segment.text[:start]]
@@ -115,7 +115,7 @@ def match_typed(document: Document, spec: FieldSpec, value: str, cfg: FieldsConf
             for parsed in find_values(spec, segment.text, cfg):
                 words = words_of_span(segment, parsed.start, parsed.end)
                 if parsed.value == wanted and words:
-                    keyed = bool(spec.keys) and _has_key(document, segment, parsed.start, spec.keys)
+                    keyed = bool(spec.keys) and has_key(document, segment, parsed.start, spec.keys)
                     found.append((not keyed, Match(words, 0.0, page.number, (segment.id, parsed.start, parsed.end))))
     return min(found, key=lambda f: f[0])[1] if found else None
 
