@@ -88,6 +88,9 @@ class Segment:
     # how sure it is that these words, and no others, make one entity, and which version said so.
     group_score: float | None = None
     group_version: str | None = None
+    # RE's probability for its own decision about this segment as a value: the key it links it to,
+    # or no key at all. A missed link leaves no Link to carry a score; this still shows the doubt.
+    link_score: float | None = None
 
     @property
     def bbox(self) -> BBox:
@@ -104,6 +107,7 @@ class Segment:
             "det_version": self.det_version, "rec_version": self.rec_version,
             "ser_version": self.ser_version,
             "group_score": self.group_score, "group_version": self.group_version,
+            "link_score": self.link_score,
         }
 
     @classmethod

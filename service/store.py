@@ -186,6 +186,11 @@ def _migration_8(db: sqlite_utils.Database) -> None:
     segments.add_column("group_version", str)
 
 
+def _migration_9(db: sqlite_utils.Database) -> None:
+    # RE's probability for its decision about each segment as a value (Segment.link_score).
+    db["segments"].add_column("link_score", float)
+
+
 # Append-only: a migration, once released, is never edited; add a new one instead.
 MIGRATIONS: list[tuple[str, Callable[[sqlite_utils.Database], None]]] = [
     ("0001_jobs_documents_pages_segments", _migration_1),
@@ -196,6 +201,7 @@ MIGRATIONS: list[tuple[str, Callable[[sqlite_utils.Database], None]]] = [
     ("0006_routing_decision", _migration_6),
     ("0007_job_claims", _migration_7),
     ("0008_segment_groups", _migration_8),
+    ("0009_segment_link_scores", _migration_9),
 ]
 
 
@@ -439,7 +445,7 @@ class Store:
                 words=[Word.from_dict(w) for w in json.loads(s["words"] or "[]")],
                 det_score=s["det_score"], rec_score=s["rec_score"], det_version=s["det_version"],
                 rec_version=s["rec_version"], ser_version=s["ser_version"],
-                group_score=s["group_score"], group_version=s["group_version"]))
+                group_score=s["group_score"], group_version=s["group_version"], link_score=s["link_score"]))
         return Document(
             id=row["id"], source_name=row["source_name"], sha256=row["sha256"],
             created_at=row["created_at"], model_versions=json.loads(row["model_versions"]),
@@ -458,4 +464,5 @@ def _segment_row(document_id: str, page: int, position: int, segment: Segment) -
         "label": segment.label, "label_score": segment.label_score, "ser_version": segment.ser_version,
         "words": json.dumps([w.to_dict() for w in segment.words]),
         "group_score": segment.group_score, "group_version": segment.group_version,
+        "link_score": segment.link_score,
     }

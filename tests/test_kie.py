@@ -163,6 +163,7 @@ def test_pipeline_output_has_labels_and_key_values(quick_models: dict, tmp_path:
     assert result["model_versions"]["ser"] == quick_models["versions"]["ser"]
     segments = result["pages"][0]["segments"]
     assert all(s["label"] in LABELS and 0 < s["label_score"] <= 1 for s in segments)
+    assert all(0 < s["link_score"] <= 1 for s in segments)  # RE's decision about every segment, links or not
     assert {s["label"] for s in segments} >= {"question", "answer"}
     assert result["links"] and result["key_values"]
     pair = result["key_values"][0]
@@ -170,6 +171,7 @@ def test_pipeline_output_has_labels_and_key_values(quick_models: dict, tmp_path:
     stored = store.document(outcome.job.document_id)
     assert stored.links and stored.links[0].re_version == quick_models["versions"]["re"]
     assert stored.segments[0].ser_version == quick_models["versions"]["ser"]
+    assert [s.link_score for s in stored.segments] == [s["link_score"] for s in segments]
 
 
 @pytest.mark.slow

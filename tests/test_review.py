@@ -524,3 +524,12 @@ def test_uncertainty_reads_only_the_scores_named_in_uncertainty_from() -> None:
     assert document_uncertainty(document, sources=("label",)) < 0.1
     assert 0.9 < document_uncertainty(document, sources=("label", "group")) <= 0.98
     assert segment_uncertainty(badly_read, sources=("link",)) is None
+
+
+def test_link_choice_sees_a_missed_link_that_kept_links_cannot() -> None:
+    """A value RE hesitated to link (0.55 for "no key") leaves no Link; ``link_choice`` still counts it."""
+    answer = segment(1, 0, (0, 0, 1, 1), "12/10/98", 0.99, "answer", 0.99)
+    answer.link_score = 0.55
+    document = _doc([answer])
+    assert document_uncertainty(document, sources=("label", "link")) < 0.1
+    assert document_uncertainty(document, sources=("label", "link_choice")) > 0.9

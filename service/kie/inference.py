@@ -165,10 +165,13 @@ class KieModels:
         if self.re is None or label_probabilities is None or not document.segments:
             return
         ids, arrays = _inputs(document)
+        by_id = {s.id: s for s in document.segments}
         logits = self.re.predictor.run([*arrays, label_probabilities[None].astype(np.float32)])[0][0]
         probabilities = re_probabilities(logits, self.re.temperature)
         threshold = self._link_threshold if self._link_threshold is not None else self.re.threshold
         found = decode_links(probabilities, threshold)
+        for sid, decision in zip(ids, probabilities.max(axis=0)):
+            by_id[sid].link_score = round(float(decision), 5)
         if not self._multiple_values:
             best: dict[int, tuple[int, int, float]] = {}
             for key, value, p in found:

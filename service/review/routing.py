@@ -30,7 +30,9 @@ from service.config import PaperloopConfig
 from service.document import Document, Segment
 
 UNCERTAINTY_STRATEGIES = ("entropy", "margin", "least_confidence")
-UNCERTAINTY_SOURCES = ("rec", "label", "group", "link")  # which scores a document's uncertainty reads
+# Which scores a document's uncertainty reads: recognition, SER label, grouping, the kept RE links,
+# and RE's decision for every segment (its key or none: Segment.link_score, which sees missed links).
+UNCERTAINTY_SOURCES = ("rec", "label", "group", "link", "link_choice")
 DEFAULT_UNCERTAINTY_SOURCES = ("rec", "label", "link")
 
 
@@ -247,8 +249,9 @@ def score_uncertainty(p: float, strategy: str = "entropy") -> float:
 def segment_uncertainty(segment: Segment, strategy: str = "entropy",
                         sources: Collection[str] = DEFAULT_UNCERTAINTY_SOURCES) -> float | None:
     """The largest uncertainty of a segment's scores named in ``sources`` (recognition, label,
-    grouping); ``None`` without such scores."""
-    scores = {"rec": segment.rec_score, "label": segment.label_score, "group": segment.group_score}
+    grouping, RE's decision about it); ``None`` without such scores."""
+    scores = {"rec": segment.rec_score, "label": segment.label_score, "group": segment.group_score,
+              "link_choice": segment.link_score}
     values = [score_uncertainty(p, strategy) for name, p in scores.items() if name in sources and p is not None]
     return max(values) if values else None
 
