@@ -61,7 +61,7 @@ from service.learning import run_learning_job  # noqa: E402
 from service.pipeline import DocumentPipeline  # noqa: E402
 from service.registry import ModelRegistry  # noqa: E402
 from service.review.active import STRATEGIES, Candidate, document_words, pick_batch  # noqa: E402
-from service.review.routing import document_uncertainty  # noqa: E402
+from service.review.routing import document_uncertainty, review_uncertainty  # noqa: E402
 from service.store import Store  # noqa: E402
 
 POOL_FORMS = 139
@@ -99,8 +99,13 @@ def ocr_documents(work: Path, pairs: list[tuple[Path, Path]], prefix: str) -> li
 # -- one run: a strategy and a seed ---------------------------------------------------------------
 
 
-def _config(root: Path, seed: int, args: argparse.Namespace, uncertainty_from: str = "") -> PaperloopConfig:
-    review = {"uncertainty_from": uncertainty_from.split("+")} if uncertainty_from else {}
+def _config(root: Path, seed: int, args: argparse.Namespace, variant: str = "") -> PaperloopConfig:
+    """The run's config; ``variant`` ``sum`` sets ``review.uncertainty_aggregate``, ``a+b`` ``review.uncertainty_from``."""
+    review: dict[str, Any] = {}
+    if variant == "sum":
+        review["uncertainty_aggregate"] = "sum"
+    elif variant:
+        review["uncertainty_from"] = variant.split("+")
     epochs, group_epochs = args.epochs, args.group_epochs
     return PaperloopConfig.model_validate({
         "paths": {"root": str(root)}, "learning": {"tasks": args.tasks.split(","), "min_new_documents": 1},
@@ -124,12 +129,10 @@ def evaluate(pipeline: DocumentPipeline, test_gold: list[Document], test_ocr: li
 
 def candidates(pipeline: DocumentPipeline, pool_ocr: dict[str, Document], ids: list[str]) -> list[Candidate]:
     """The unlabelled forms as the queue sees them: processed in service, with their uncertainty."""
-    review = pipeline.cfg.review
     found = []
     for document_id in ids:
         processed = run_document_stages(pipeline, copy.deepcopy(pool_ocr[document_id]))
-        uncertainty = document_uncertainty(processed, review.uncertainty, review.uncertainty_from)
-        found.append(Candidate(document_id, uncertainty, document_words(processed)))
+        found.append(Candidate(document_id, review_uncertainty(processed, pipeline.cfg.review), document_words(processed)))
     return found
 
 
@@ -139,14 +142,15 @@ def run_strategy(work: Path, strategy: str, seed: int, rounds: int, args: argpar
     """Rounds of learning job → evaluation → pick the next batch; ``strategy`` ``full`` trains on the whole pool once.
 
     ``uncertainty@label+group+link`` (or ``mixed@...``) orders by the uncertainty of those scores only
-    (``review.uncertainty_from``) instead of the configured ones."""
+    (``review.uncertainty_from``) instead of the configured ones; ``uncertainty@sum`` by the document's
+    total uncertainty (``review.uncertainty_aggregate``)."""
     done = work / f"run-{strategy}-{seed}.json"
     if done.is_file():
         return json.loads(done.read_text())
     root = work / f"root-{strategy}-{seed}"
     shutil.rmtree(root, ignore_errors=True)
-    base_strategy, _, uncertainty_from = strategy.partition("@")
-    cfg = _config(root, seed, args, uncertainty_from)
+    base_strategy, _, variant = strategy.partition("@")
+    cfg = _config(root, seed, args, variant)
     install_base_models(ModelRegistry(cfg.paths.resolve("models")))
     labels = LabelStore(Store(cfg.paths.database))
     for document in holdout:
@@ -178,6 +182,78 @@ def run_strategy(work: Path, strategy: str, seed: int, rounds: int, args: argpar
     done.write_text(json.dumps(result, indent=1))
     shutil.rmtree(root, ignore_errors=True)
     return result
+
+
+# -- why an order works or not -------------------------------------------------------------------
+
+
+# The uncertainties the diagnosis compares: name → the scores it reads (review.uncertainty_from).
+UNCERTAINTIES = {"queue (rec+label+link)": ("rec", "label", "link"), "rec": ("rec",), "label+link": ("label", "link"),
+                 "rec+label+link_choice": ("rec", "label", "link_choice"), "label+link_choice": ("label", "link_choice")}
+
+
+def spearman(a: list[float], b: list[float]) -> float:
+    """Spearman rank correlation (ties broken by position; enough for a diagnosis)."""
+    import numpy as np
+
+    ranks_a, ranks_b = np.argsort(np.argsort(a)), np.argsort(np.argsort(b))
+    return round(float(np.corrcoef(ranks_a, ranks_b)[0, 1]), 3)
+
+
+def diagnose(work: Path, seed: int, args: argparse.Namespace, pool_gold: dict[str, Document],
+             holdout: list[Document], pool_ocr: dict[str, Document]) -> dict[str, Any]:
+    """After the first round of ``seed`` (10 forms): does each uncertainty predict where the models err?
+
+    For every form not yet labelled: its uncertainty as the queue computes it (recognition, label and
+    kept-link scores) and from other scores (:data:`UNCERTAINTIES`); the share of segments
+    whose uncertainty is the recognizer's; and the SER error rate and RE link miss rate of the same
+    models on the form's ground-truth segments. Spearman correlations say which order points at errors.
+    """
+    cache = work / f"diagnosis-{seed}.json"
+    if cache.is_file():
+        return json.loads(cache.read_text())
+    root = work / f"root-diagnosis-{seed}"
+    shutil.rmtree(root, ignore_errors=True)
+    cfg = _config(root, seed, args)
+    install_base_models(ModelRegistry(cfg.paths.resolve("models")))
+    labels = LabelStore(Store(cfg.paths.database))
+    for document in holdout:
+        labels.put(document, "funsd", "holdout")
+    pool = sorted(pool_gold)
+    first = random.Random(seed).sample(pool, BATCH)
+    for document_id in first:
+        labels.put(pool_gold[document_id], "funsd", "train")
+    run_learning_job(cfg)
+    pipeline = DocumentPipeline(cfg)
+    pipeline.models.refresh()
+    rows = [_diagnosis_row(pipeline, pool_ocr[d], pool_gold[d]) for d in pool if d not in set(first)]
+    columns = {k: [r[k] for r in rows] for k in rows[0]}
+    result = {"forms": len(rows), "rec_driven_segment_share": round(statistics.mean(columns["rec_driven"]), 3),
+              "spearman": {f"{u} vs {e}": spearman(columns[u], columns[e])
+                           for u in UNCERTAINTIES for e in ("ser_error", "re_miss")}}
+    cache.write_text(json.dumps(result, indent=1))
+    shutil.rmtree(root, ignore_errors=True)
+    return result
+
+
+def _diagnosis_row(pipeline: DocumentPipeline, ocr: Document, gold: Document) -> dict[str, float]:
+    """One form's uncertainties (from the service's reading) and errors (on its ground-truth segments)."""
+    from service.kie.evaluation import unlabelled_copy
+    from service.review.routing import segment_uncertainty
+
+    processed = run_document_stages(pipeline, copy.deepcopy(ocr))
+    strategy = pipeline.cfg.review.uncertainty
+    segments = [s for s in processed.segments if s.rec_score is not None and s.label_score is not None]
+    rec_driven = [segment_uncertainty(s, strategy, ("rec",)) >= segment_uncertainty(s, strategy, ("label",))
+                  for s in segments]
+    predicted = pipeline.models.kie.predict(unlabelled_copy(gold))
+    by_id = {s.id: s.label for s in predicted.segments}
+    ser_error = statistics.mean(by_id[s.id] != s.label for s in gold.segments) if gold.segments else 0.0
+    found = {(link.key, link.value) for link in predicted.links}
+    re_miss = statistics.mean((link.key, link.value) not in found for link in gold.links) if gold.links else 0.0
+    return {**{name: document_uncertainty(processed, strategy, sources) for name, sources in UNCERTAINTIES.items()},
+            "rec_driven": statistics.mean(rec_driven) if rec_driven else 0.0,
+            "ser_error": ser_error, "re_miss": re_miss}
 
 
 # -- the report -----------------------------------------------------------------------------------
@@ -291,7 +367,25 @@ def markdown(report: dict[str, Any]) -> str:
         f"Share of the {POOL_FORMS}-form pool needed to reach 95 % of the full-data figure (mean over the seeds; "
         "'>' when no seed got there within the rounds; forms per seed in brackets, None = not reached):", "",
         *reach_rows, "", "Mean over the seeds above random's at each round from 30 labelled forms on:", "", *beat_rows, "",
+        *diagnosis_rows(report.get("diagnosis", {})),
         "![learning curves](active.png)", "", *rows, "", report["line"], ""])
+
+
+def diagnosis_rows(diagnosis: dict[str, Any]) -> list[str]:
+    """The diagnosis (see :func:`diagnose`) as a Markdown table, one row per seed."""
+    if not diagnosis:
+        return []
+    pairs = list(next(iter(diagnosis.values()))["spearman"])
+    rows = ["| seed | forms | segments whose uncertainty is the recognizer's | " + " | ".join(pairs) + " |",
+            "|---|---|---|" + "---|" * len(pairs)]
+    for seed, d in diagnosis.items():
+        rows.append(f"| {seed} | {d['forms']} | {d['rec_driven_segment_share']:.0%} | "
+                    + " | ".join(f"{d['spearman'][p]:+.3f}" for p in pairs) + " |")
+    return ["Does an uncertainty point at the models' errors? After the first round (10 forms, SER + RE "
+            "trained), on every form not yet labelled: Spearman correlation of the form's uncertainty (as "
+            "the queue computes it from recognition, label and kept-link scores, and from other choices of "
+            "scores; `link_choice` is RE's decision for every segment, missed links included) with the same "
+            "models' SER error rate and RE link miss rate on the form's ground-truth segments.", "", *rows, ""]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -322,6 +416,7 @@ def main(argv: list[str] | None = None) -> int:
     runs = [run_strategy(args.work, strategy, seed, args.rounds, args, *shared)
             for seed in seeds for strategy in args.strategies.split(",")]
     full = [run_strategy(args.work, "full", seed, 1, args, *shared) for seed in seeds]
+    diagnosis = {seed: diagnose(args.work, seed, args, pool_gold, holdout, pool_ocr) for seed in seeds}
     summary = summarize(runs, full, POOL_FORMS)
     line = "labels to reach 95% of full data: " + ", ".join(
         f"{s} {summary['reach_share'][PRIMARY].get(s, '-')}" for s in args.strategies.split(","))
@@ -331,7 +426,7 @@ def main(argv: list[str] | None = None) -> int:
                           "rounds": args.rounds, "seeds": seeds, "epochs": args.epochs,
                           "group_epochs": args.group_epochs, "service_view": False, "tasks": args.tasks.split(","),
                           "primary_metric": PRIMARY},
-              "summary": summary, "line": line, "runs": runs, "full": full}
+              "summary": summary, "line": line, "diagnosis": diagnosis, "runs": runs, "full": full}
     args.out.mkdir(parents=True, exist_ok=True)
     plot(runs, summary, args.out / "active.png")
     write_results(args.out, "active", report, markdown(report))

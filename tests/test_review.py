@@ -16,13 +16,13 @@ import sqlite3
 import pytest
 from PIL import Image, ImageDraw
 
-from service.config import PaperloopConfig
+from service.config import PaperloopConfig, ReviewConfig
 from service.document import Document, Link, Page, Segment, bbox_to_quad
 from service.labels import LabelStore
 from service.pipeline import DocumentPipeline
 from service.review import (
     ClaimError, ConflictError, ReviewService, add_link, add_segment, auth_policy, delete_segment, decide, document_uncertainty,
-    export_gold, hash_password, hmean_history, is_audit_sample, is_loopback, score_uncertainty, segment_uncertainty, update_segment,
+    export_gold, hash_password, hmean_history, is_audit_sample, is_loopback, review_uncertainty, score_uncertainty, segment_uncertainty, update_segment,
     verify_password,
 )
 from service.store import DONE, NEEDS_REVIEW, Store
@@ -533,3 +533,11 @@ def test_link_choice_sees_a_missed_link_that_kept_links_cannot() -> None:
     document = _doc([answer])
     assert document_uncertainty(document, sources=("label", "link")) < 0.1
     assert document_uncertainty(document, sources=("label", "link_choice")) > 0.9
+
+
+def test_summed_uncertainty_puts_a_long_uncertain_document_first() -> None:
+    short = _doc([segment(1, 0, (0, 0, 1, 1), "a", 0.6)])
+    long = _doc([segment(1, i, (0, 2 * i, 1, 2 * i + 1), "a", 0.7) for i in range(10)])
+    assert document_uncertainty(short) > document_uncertainty(long)
+    assert document_uncertainty(short, aggregate="sum") < document_uncertainty(long, aggregate="sum")
+    assert review_uncertainty(long, ReviewConfig(uncertainty_aggregate="sum")) == document_uncertainty(long, aggregate="sum")

@@ -47,13 +47,14 @@ from service.review.queue import (
     ReviewService, SaveResult, human_age, task_counts,
 )
 from service.review.routing import (
-    UNCERTAINTY_STRATEGIES, Decision, ReviewReason, decide, document_uncertainty, is_audit_sample,
+    UNCERTAINTY_STRATEGIES, Decision, ReviewReason, decide, document_uncertainty, is_audit_sample, review_uncertainty,
     score_uncertainty, segment_confidence, segment_is_low, segment_uncertainty,
 )
 
 __all__ = [
     # routing and uncertainty
     "UNCERTAINTY_STRATEGIES", "Decision", "ReviewReason", "decide", "document_uncertainty", "is_audit_sample",
+    "review_uncertainty",
     "score_uncertainty", "segment_confidence", "segment_is_low", "segment_uncertainty",
     # passwords and access
     "PASSWORD_ENV", "PASSWORD_HASH_ENV", "AuthPolicy", "auth_policy", "clean_reviewer_name", "hash_password",

@@ -31,7 +31,7 @@ from service.labels import LabelStore, validate
 from service.registry import ModelRegistry
 from service.review.auth import clean_reviewer_name
 from service.review.gold import Change, diff_documents, to_gold
-from service.review.routing import Decision, ReviewReason, decide, document_uncertainty
+from service.review.routing import Decision, ReviewReason, decide, review_uncertainty
 from service.review_store import ReviewStore, RoutedDocument
 from service.store import Store, utc_now
 from service.tasks import TASK_NAMES, all_tasks
@@ -169,7 +169,7 @@ class ReviewService:
             created_at = self.records.document_created_at(document_id)
             document = self.store.document(document_id)
             self.records.put_item(document_id, created_at, reason, [ReviewReason("manual", reason).to_dict()],
-                                  False, document_uncertainty(document, self.cfg.review.uncertainty, self.cfg.review.uncertainty_from), WAITING,
+                                  False, review_uncertainty(document, self.cfg.review), WAITING,
                                   utc_now())
 
     def items(self, status: str | None = WAITING) -> list[QueueItem]:

@@ -26,7 +26,7 @@ import math
 from dataclasses import dataclass
 from typing import Any, Collection
 
-from service.config import PaperloopConfig
+from service.config import PaperloopConfig, ReviewConfig
 from service.document import Document, Segment
 
 UNCERTAINTY_STRATEGIES = ("entropy", "margin", "least_confidence")
@@ -204,7 +204,7 @@ def decide(document: Document, cfg: PaperloopConfig) -> Decision:
     audit = not reasons and is_audit_sample(document, review.audit_percent)
     if audit:
         reasons.append(ReviewReason("audit", f"audit sample ({review.audit_percent:g}% of documents that passed)"))
-    return Decision(bool(reasons), tuple(reasons), audit, document_uncertainty(document, review.uncertainty, review.uncertainty_from))
+    return Decision(bool(reasons), tuple(reasons), audit, review_uncertainty(document, review))
 
 
 def segment_is_low(segment: Segment, cfg: PaperloopConfig) -> bool:
@@ -257,9 +257,10 @@ def segment_uncertainty(segment: Segment, strategy: str = "entropy",
 
 
 def document_uncertainty(document: Document, strategy: str = "entropy",
-                         sources: Collection[str] = DEFAULT_UNCERTAINTY_SOURCES) -> float:
-    """Mean uncertainty over the scored segments and (with ``link`` in ``sources``) links, so a
-    long document is not favoured for its length.
+                         sources: Collection[str] = DEFAULT_UNCERTAINTY_SOURCES, aggregate: str = "mean") -> float:
+    """Uncertainty over the scored segments and (with ``link`` in ``sources``) links: their mean
+    (a long document is not favoured for its length) or, with ``aggregate="sum"``, their sum (the
+    expected number of corrections, which grows with the document).
 
     A document with no text at all counts as fully uncertain.
     """
@@ -268,4 +269,10 @@ def document_uncertainty(document: Document, strategy: str = "entropy",
         values += [score_uncertainty(link.score, strategy) for link in document.links if link.score is not None]
     if not values:
         return 1.0 if not document.segments else 0.0
-    return round(sum(values) / len(values), 6)
+    return round(sum(values) / (1 if aggregate == "sum" else len(values)), 6)
+
+
+def review_uncertainty(document: Document, review: ReviewConfig) -> float:
+    """A document's uncertainty as the review queue orders by it (``review.uncertainty``,
+    ``review.uncertainty_from``, ``review.uncertainty_aggregate``)."""
+    return document_uncertainty(document, review.uncertainty, review.uncertainty_from, review.uncertainty_aggregate)
