@@ -397,6 +397,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--epochs", type=int, default=8, help="kie.training.epochs (SER, RE) in every round")
     parser.add_argument("--group-epochs", type=int, default=8, help="kie.training.group_epochs (with --tasks group,...)")
     parser.add_argument("--tasks", default=TASKS, help="the learning job's tasks in every round")
+    parser.add_argument("--runs-only", action="store_true",
+                        help="only the strategies' runs (cached in --work), e.g. in a second process; no report")
     parser.add_argument("--work", type=Path, default=Path("/tmp/paperloop-bench-active"))
     parser.add_argument("--out", type=Path, default=PROJECT_ROOT / "bench/results")
     args = parser.parse_args(argv)
@@ -415,6 +417,8 @@ def main(argv: list[str] | None = None) -> int:
     shared = (pool_gold, holdout, pool_ocr, test_gold, test_ocr)
     runs = [run_strategy(args.work, strategy, seed, args.rounds, args, *shared)
             for seed in seeds for strategy in args.strategies.split(",")]
+    if args.runs_only:
+        return 0
     full = [run_strategy(args.work, "full", seed, 1, args, *shared) for seed in seeds]
     diagnosis = {seed: diagnose(args.work, seed, args, pool_gold, holdout, pool_ocr) for seed in seeds}
     summary = summarize(runs, full, POOL_FORMS)
