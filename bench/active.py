@@ -187,9 +187,12 @@ def run_strategy(work: Path, strategy: str, seed: int, rounds: int, args: argpar
 # -- why an order works or not -------------------------------------------------------------------
 
 
-# The uncertainties the diagnosis compares: name → the scores it reads (review.uncertainty_from).
-UNCERTAINTIES = {"queue (rec+label+link)": ("rec", "label", "link"), "rec": ("rec",), "label+link": ("label", "link"),
-                 "rec+label+link_choice": ("rec", "label", "link_choice"), "label+link_choice": ("label", "link_choice")}
+# The uncertainties the diagnosis compares: name → the scores it reads (review.uncertainty_from) and
+# how it aggregates them over the document (review.uncertainty_aggregate).
+UNCERTAINTIES = {"queue (rec+label+link, mean)": (("rec", "label", "link"), "mean"), "rec": (("rec",), "mean"),
+                 "label+link": (("label", "link"), "mean"), "label+link_choice": (("label", "link_choice"), "mean"),
+                 "queue, summed": (("rec", "label", "link"), "sum"), "segments (length)": ((), "count")}
+ERRORS = ("ser_error_rate", "re_miss_rate", "ser_errors", "re_misses")
 
 
 def spearman(a: list[float], b: list[float]) -> float:
@@ -206,7 +209,7 @@ def diagnose(work: Path, seed: int, args: argparse.Namespace, pool_gold: dict[st
 
     For every form not yet labelled: its uncertainty as the queue computes it (recognition, label and
     kept-link scores) and from other scores (:data:`UNCERTAINTIES`); the share of segments
-    whose uncertainty is the recognizer's; and the SER error rate and RE link miss rate of the same
+    whose uncertainty is the recognizer's; and the SER errors and RE link misses (counts and rates) of the same
     models on the form's ground-truth segments. Spearman correlations say which order points at errors.
     """
     cache = work / f"diagnosis-{seed}.json"
@@ -230,7 +233,7 @@ def diagnose(work: Path, seed: int, args: argparse.Namespace, pool_gold: dict[st
     columns = {k: [r[k] for r in rows] for k in rows[0]}
     result = {"forms": len(rows), "rec_driven_segment_share": round(statistics.mean(columns["rec_driven"]), 3),
               "spearman": {f"{u} vs {e}": spearman(columns[u], columns[e])
-                           for u in UNCERTAINTIES for e in ("ser_error", "re_miss")}}
+                           for u in UNCERTAINTIES for e in ERRORS}}
     cache.write_text(json.dumps(result, indent=1))
     shutil.rmtree(root, ignore_errors=True)
     return result
@@ -248,12 +251,15 @@ def _diagnosis_row(pipeline: DocumentPipeline, ocr: Document, gold: Document) ->
                   for s in segments]
     predicted = pipeline.models.kie.predict(unlabelled_copy(gold))
     by_id = {s.id: s.label for s in predicted.segments}
-    ser_error = statistics.mean(by_id[s.id] != s.label for s in gold.segments) if gold.segments else 0.0
+    ser_errors = sum(by_id[s.id] != s.label for s in gold.segments)
     found = {(link.key, link.value) for link in predicted.links}
-    re_miss = statistics.mean((link.key, link.value) not in found for link in gold.links) if gold.links else 0.0
-    return {**{name: document_uncertainty(processed, strategy, sources) for name, sources in UNCERTAINTIES.items()},
-            "rec_driven": statistics.mean(rec_driven) if rec_driven else 0.0,
-            "ser_error": ser_error, "re_miss": re_miss}
+    re_misses = sum((link.key, link.value) not in found for link in gold.links)
+    uncertainties = {name: float(len(processed.segments)) if aggregate == "count" else
+                     document_uncertainty(processed, strategy, sources, aggregate)
+                     for name, (sources, aggregate) in UNCERTAINTIES.items()}
+    return {**uncertainties, "rec_driven": statistics.mean(rec_driven) if rec_driven else 0.0,
+            "ser_errors": ser_errors, "ser_error_rate": ser_errors / max(len(gold.segments), 1),
+            "re_misses": re_misses, "re_miss_rate": re_misses / max(len(gold.links), 1)}
 
 
 # -- the report -----------------------------------------------------------------------------------
@@ -384,8 +390,10 @@ def diagnosis_rows(diagnosis: dict[str, Any]) -> list[str]:
     return ["Does an uncertainty point at the models' errors? After the first round (10 forms, SER + RE "
             "trained), on every form not yet labelled: Spearman correlation of the form's uncertainty (as "
             "the queue computes it from recognition, label and kept-link scores, and from other choices of "
-            "scores; `link_choice` is RE's decision for every segment, missed links included) with the same "
-            "models' SER error rate and RE link miss rate on the form's ground-truth segments.", "", *rows, ""]
+            "scores; `link_choice` is RE's decision for every segment, missed links included; 'summed': the "
+            "queue's scores added up over the document instead of averaged; 'length': the plain number of "
+            "segments) with the same models' SER errors and RE link misses on the form's ground-truth "
+            "segments, as rates and as counts.", "", *rows, ""]
 
 
 def main(argv: list[str] | None = None) -> int:
