@@ -114,6 +114,18 @@ def _config(root: Path, seed: int, args: argparse.Namespace, variant: str = "") 
                              "service_view": False}}})
 
 
+def fresh_service(root: Path, seed: int, args: argparse.Namespace, holdout: list[Document],
+                  variant: str = "") -> tuple[PaperloopConfig, LabelStore]:
+    """A new service folder at ``root``: base models, no labels but the frozen holdout."""
+    shutil.rmtree(root, ignore_errors=True)
+    cfg = _config(root, seed, args, variant)
+    install_base_models(ModelRegistry(cfg.paths.resolve("models")))
+    labels = LabelStore(Store(cfg.paths.database))
+    for document in holdout:
+        labels.put(document, "funsd", "holdout")
+    return cfg, labels
+
+
 def evaluate(pipeline: DocumentPipeline, test_gold: list[Document], test_ocr: list[Document]) -> dict[str, float]:
     """The round's figures on the test forms (see the module docstring)."""
     cfg = pipeline.cfg
@@ -147,14 +159,8 @@ def run_strategy(work: Path, strategy: str, seed: int, rounds: int, args: argpar
     done = work / f"run-{strategy}-{seed}.json"
     if done.is_file():
         return json.loads(done.read_text())
-    root = work / f"root-{strategy}-{seed}"
-    shutil.rmtree(root, ignore_errors=True)
     base_strategy, _, variant = strategy.partition("@")
-    cfg = _config(root, seed, args, variant)
-    install_base_models(ModelRegistry(cfg.paths.resolve("models")))
-    labels = LabelStore(Store(cfg.paths.database))
-    for document in holdout:
-        labels.put(document, "funsd", "holdout")
+    cfg, labels = fresh_service(work / f"root-{strategy}-{seed}", seed, args, holdout, variant)
     pipeline = DocumentPipeline(cfg)
     rng = random.Random(seed)
     pool = sorted(pool_gold)
@@ -180,7 +186,7 @@ def run_strategy(work: Path, strategy: str, seed: int, rounds: int, args: argpar
                                [Candidate(d, 0.0) for d in rest], BATCH, base_strategy, rng)
     result = {"strategy": strategy, "seed": seed, "rounds": history}
     done.write_text(json.dumps(result, indent=1))
-    shutil.rmtree(root, ignore_errors=True)
+    shutil.rmtree(cfg.paths.root, ignore_errors=True)
     return result
 
 
@@ -216,12 +222,7 @@ def diagnose(work: Path, seed: int, args: argparse.Namespace, pool_gold: dict[st
     if cache.is_file():
         return json.loads(cache.read_text())
     root = work / f"root-diagnosis-{seed}"
-    shutil.rmtree(root, ignore_errors=True)
-    cfg = _config(root, seed, args)
-    install_base_models(ModelRegistry(cfg.paths.resolve("models")))
-    labels = LabelStore(Store(cfg.paths.database))
-    for document in holdout:
-        labels.put(document, "funsd", "holdout")
+    cfg, labels = fresh_service(root, seed, args, holdout)
     pool = sorted(pool_gold)
     first = random.Random(seed).sample(pool, BATCH)
     for document_id in first:
