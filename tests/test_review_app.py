@@ -325,11 +325,25 @@ def test_the_label_chart_names_every_label_and_queue_columns_fit() -> None:
     import pandas as pd
 
     from review_app.views.data import _label_chart
-    from review_app.views.queue import QUEUE_COLUMNS
+    from review_app.views.queue import QUEUE_COLUMNS, _uncertainty_column
 
     labels = ["header", "question", "answer", "other", "(none)"]
     table = pd.DataFrame([{"Label": label, "train": 5 + i, "holdout": i, "test": 0} for i, label in enumerate(labels)])
     spec = _label_chart(table).to_dict()
     assert spec["encoding"]["y"]["axis"]["labelOverlap"] is False and spec["encoding"]["y"]["sort"] == labels
     assert spec["height"] >= 16 * len(labels) * 2  # a row per label and split, never thinned out
-    assert sum(c["width"] for c in QUEUE_COLUMNS.values()) <= 1000  # the main column at 1280 px wide
+    columns = [*QUEUE_COLUMNS.values(), _uncertainty_column(PaperloopConfig(), 1.0)]
+    assert sum(c["width"] for c in columns) <= 1000  # the main column at 1280 px wide
+
+
+def test_the_queue_scale_fits_summed_uncertainties() -> None:
+    """With ``review.uncertainty_aggregate: sum`` a document's uncertainty is a total, not at most 1."""
+    from types import SimpleNamespace
+
+    from review_app.views.queue import _uncertainty_column, _uncertainty_scale
+
+    assert _uncertainty_scale([SimpleNamespace(uncertainty=0.4)]) == 1.0
+    assert _uncertainty_scale([SimpleNamespace(uncertainty=0.4), SimpleNamespace(uncertainty=17.2)]) == 18.0
+    cfg = PaperloopConfig.model_validate({"review": {"uncertainty_aggregate": "sum"}})
+    column = _uncertainty_column(cfg, 18.0)
+    assert column["type_config"]["max_value"] == 18.0 and "Total" in column["help"]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pandas as pd
 import streamlit as st
 
@@ -18,12 +20,23 @@ QUEUE_COLUMNS = {
     "File": st.column_config.TextColumn("File", width=190),
     "Pages": st.column_config.NumberColumn("Pages", width=55),
     "Why": st.column_config.TextColumn("Why", width=330),
-    "Uncertainty": st.column_config.ProgressColumn("Uncertainty", min_value=0.0, max_value=1.0, format="%.2f",
-                                                   help="Mean segment uncertainty", width=105),
     "Age": st.column_config.TextColumn("Age", width=60),
     "Claimed by": st.column_config.TextColumn("Claimed by", width=95),
 }
 ORDER_NAMES = {"informative": "Most informative first", "oldest": "Oldest first", "newest": "Newest first"}
+
+
+def _uncertainty_scale(items: list) -> float:
+    """The top of the uncertainty scale: 1 for a mean per item, the largest total for
+    ``review.uncertainty_aggregate: sum`` (rounded up to a whole number)."""
+    return float(max(1, math.ceil(max((i.uncertainty for i in items), default=1.0))))
+
+
+def _uncertainty_column(cfg: PaperloopConfig, top: float) -> st.column_config.ProgressColumn:
+    total = cfg.review.uncertainty_aggregate == "sum"
+    return st.column_config.ProgressColumn(
+        "Uncertainty", min_value=0.0, max_value=top, format="%.2f", width=105,
+        help="Total uncertainty of the document's scores" if total else "Mean segment uncertainty")
 
 
 def _open_next(service: ReviewService, reviewer: str) -> None:
@@ -59,7 +72,8 @@ def render(service: ReviewService, cfg: PaperloopConfig, reviewer: str) -> None:
         order = f[0].selectbox("Order", QUEUE_ORDERS, format_func=ORDER_NAMES.get, key="queue_order")
         kinds = f[1].multiselect("Why", list(KINDS), format_func=KINDS.get, key="queue_kinds",
                                  placeholder="any reason")
-        min_u = f[2].slider("Min. uncertainty", 0.0, 1.0, 0.0, 0.05, key="queue_min_u")
+        top_u = _uncertainty_scale(everything)
+        min_u = f[2].slider("Min. uncertainty", 0.0, top_u, 0.0, top_u / 20, key="queue_min_u")
         search = f[3].text_input("Search", key="queue_search", placeholder="id or file name")
         hide_claimed = f[4].checkbox("Hide claimed by others", value=True, key="queue_hide_claimed")
     items = service.queue(order=order, kinds=kinds or None, min_uncertainty=min_u, search=search, sync=False)
@@ -78,7 +92,7 @@ def render(service: ReviewService, cfg: PaperloopConfig, reviewer: str) -> None:
         picked = st.dataframe(
             table, hide_index=True, width="stretch", key="queue_table", on_select="rerun",
             selection_mode="single-row",
-            column_config=QUEUE_COLUMNS)
+            column_config={**QUEUE_COLUMNS, "Uncertainty": _uncertainty_column(cfg, top_u)})
         rows = list(getattr(getattr(picked, "selection", None), "rows", []) or [])
         ids = [i.document_id for i in items]
         c = st.columns([2, 1, 3])
