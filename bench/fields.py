@@ -210,7 +210,8 @@ def round_lines(report: dict[str, Any]) -> list[str]:
     if report["kie_round"]:
         lines += ["", f"Then `run_learning_job(tasks=[group, ser], force=True)` ({report['kie_round'][0]['seconds']:.0f} s): "
                   "both retrained on the train receipts as the new rec reads them (service view), gated on the "
-                  "holdout; the field thresholds recalibrated after a promotion.", ""]
+                  "holdout. Then `paperloop fields calibrate` with the new rec in service:", "", "```",
+                  rec.get("calibration", "").strip(), "```", ""]
     return lines
 
 
@@ -302,11 +303,11 @@ def label_and_train(root: Path, rows: list[tuple[Path, dict[str, str]]]) -> tupl
     write_values(root / "train.csv", rows[TRAIN])
     write_values(root / "holdout.csv", rows[HOLDOUT])
     imported = run_cli(root, ["import", "values", str(root / "train.csv"), "--split", "train"])
-    imported += run_cli(root, ["import", "values", str(root / "holdout.csv"), "--split", "holdout"])
+    imported += "\n" + run_cli(root, ["import", "values", str(root / "holdout.csv"), "--split", "holdout"])
     trained, train_output = [], ""
     if "group" in TASK_NAMES:
         try:
-            train_output += run_cli(root, ["train", "group"])
+            train_output += run_cli(root, ["train", "group"]) + "\n"
             trained.append("group")
         except RuntimeError as exc:  # report, and measure without grouping
             train_output += f"train group failed, measured without grouping: {exc}\n"
@@ -341,6 +342,8 @@ def main() -> None:
             print(json.dumps(rec, indent=1), flush=True)
             kie = kie_round(cfg) if rec["status"] == "promoted" else []
             print(json.dumps(kie, indent=1), flush=True)
+            # the rec promotion changed what SER reads: thresholds again (the job does it after its own promotions)
+            rec["calibration"] = run_cli(root, ["fields", "calibrate"])
             after = evaluate(cfg, measured, dump("outputs-after"))
             print(summary(cfg, after), flush=True)
     if args.dev:  # settings are chosen on the holdout receipts; nothing is written to bench/results
