@@ -303,6 +303,17 @@ def summarize(runs: list[dict[str, Any]], full: list[dict[str, Any]], pool_size:
             "reach_share": {m: {s: _share(v, pool_size, most) for s, v in by_strategy.items()} for m, by_strategy in reach.items()}}
 
 
+def gate_decisions(runs: list[dict[str, Any]]) -> dict[str, dict[str, int]]:
+    """Per task, how often the learning job's gate promoted or rejected the candidate after the first round."""
+    counts: dict[str, dict[str, int]] = {}
+    for run in runs:
+        for r in run["rounds"][1:]:
+            for task, status in r["decisions"].items():
+                counts.setdefault(task, {}).setdefault(status, 0)
+                counts[task][status] += 1
+    return counts
+
+
 def _share(reached: list[int | None], pool_size: int, most: int) -> str:
     """Mean share of the pool over the seeds; '>X%' when no seed got there within ``most`` labelled
     forms, '≥X% (k seed(s) never)' when some did not."""
@@ -375,6 +386,9 @@ def markdown(report: dict[str, Any]) -> str:
         "'>' when no seed got there within the rounds; forms per seed in brackets, None = not reached):", "",
         *reach_rows, "", "Mean over the seeds above random's at each round from 30 labelled forms on:", "", *beat_rows, "",
         *diagnosis_rows(report.get("diagnosis", {})),
+        "The learning job's gate (holdout of 10 forms) after the first round, all strategies and seeds: "
+        f"{gate_decisions(report['runs'])}. A rejected candidate leaves the previous model in service, so a "
+        "curve can stay flat for a round or two whatever the strategy picked.", "",
         "![learning curves](active.png)", "", *rows, "", report["line"], ""])
 
 

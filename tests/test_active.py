@@ -66,7 +66,8 @@ def test_labels_to_reach_and_its_share() -> None:
 
 def _run(strategy: str, seed: int, values: list[float]) -> dict:
     return {"strategy": strategy, "seed": seed,
-            "rounds": [{"labelled": 10 * (k + 1), **{m: v for m in METRICS}} for k, v in enumerate(values)]}
+            "rounds": [{"labelled": 10 * (k + 1), "decisions": {"ser": "promoted"}, **{m: v for m in METRICS}}
+                       for k, v in enumerate(values)]}
 
 
 def test_summary_reaches_and_beats_random() -> None:
@@ -80,3 +81,4 @@ def test_summary_reaches_and_beats_random() -> None:
     page = markdown({"summary": summary, "runs": runs, "date": "d", "machine": "m", "versions": "v",
                      "seconds": 1, "setting": {"tasks": ["ser", "re"]}, "line": "labels to reach 95% of full data: uncertainty 40%"})
     assert "| pairs_lenient | 0.855 | 40% [40] | 40% [40] |" in page and "30:yes 40:no" in page
+    assert "{'ser': {'promoted': 6}}" in page
