@@ -8,11 +8,16 @@ are the test receipts, processed from their images by ``paperloop process``'s pi
 (which sets the straight-through thresholds on the holdout), then per field on the test receipts:
 exact accuracy (after case and whitespace folding; dates and amounts as values), lenient accuracy
 (normalized edit distance ≤ 0.1), the OCR ceiling (the value is among the OCR words, exactly /
-leniently) and the share that goes straight through with the accuracy of what did.
+leniently) and the share that goes straight through with the accuracy of what did. Then a learning-loop
+round: the learning job's rec task on the reviewed lines of the train receipts (SROIE's line
+transcripts, in a store of their own; ``learning.rec_*`` as configured: one epoch by default), group and
+SER retrained by the job on the receipts as the new rec reads them, the thresholds recalibrated, and the
+test receipts measured again. ``--dev`` measures on the holdout receipts instead and writes nothing.
 
 Writes ``bench/results/fields.{md,json}`` and prints
 ``fields exact: company A, address B, date C, total D, overall E; straight-through at 0.98: F``.
-Everything runs in a temporary folder; nothing of SROIE or the models trained on it is kept.
+Everything runs in a temporary folder; nothing of SROIE or the models trained on it is kept (``--keep DIR``
+keeps the folder, for a look at the outputs: outside the repository).
 """
 
 from __future__ import annotations
@@ -210,7 +215,9 @@ def round_lines(report: dict[str, Any]) -> list[str]:
     if report["kie_round"]:
         lines += ["", f"Then `run_learning_job(tasks=[group, ser], force=True)` ({report['kie_round'][0]['seconds']:.0f} s): "
                   "both retrained on the train receipts as the new rec reads them (service view), gated on the "
-                  "holdout. Then `paperloop fields calibrate` with the new rec in service:", "", "```",
+                  "holdout (the KIE gate reads the holdout's gold text, which for bootstrapped documents is the base "
+                  "recognizer's reading, so a candidate trained on the new rec's reading is judged on the old one). "
+                  "Then `paperloop fields calibrate` with the new rec in service:", "", "```",
                   rec.get("calibration", "").strip(), "```", ""]
     return lines
 
