@@ -8,8 +8,10 @@ forms labelled so far, and the strategy (:mod:`service.review.active`) picks the
 rest: ``uncertainty`` (the queue's order: each form is processed by the pipeline in service and
 scored by :func:`service.review.routing.document_uncertainty`), ``random``, or ``mixed``
 (uncertainty, no two near-identical forms in one batch). The gold labels of the picked forms stand
-in for the reviewers' corrections. ``uncertainty@label+link`` is the uncertainty order computed from
-the SER and RE scores only (``review.uncertainty_from``), leaving out the recognizer's.
+in for the reviewers' corrections. ``uncertainty@sum`` is the same order with each form's uncertainty
+summed over its scored items instead of averaged (``review.uncertainty_aggregate: sum``): the expected
+number of corrections, which grows with the form. A diagnosis after the first round says which
+uncertainty points at the models' errors (:func:`diagnose`).
 
 Grouping is not retrained by default: in short rounds (2 epochs) its candidates were refused by the
 gate round after round, freezing a 10-form grouper that decided the end-to-end figures, and with
@@ -415,7 +417,7 @@ def main(argv: list[str] | None = None) -> int:
     """Run (or resume) every strategy × seed and the full-data runs; write ``active.{json,md,png}``."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seeds", default="0,1,2")
-    parser.add_argument("--strategies", default=",".join(STRATEGIES + ("uncertainty@label+link",)))
+    parser.add_argument("--strategies", default=",".join(STRATEGIES + ("uncertainty@sum",)))
     parser.add_argument("--rounds", type=int, default=5, help="rounds of 10 forms (5: up to 50 labelled forms, 36 %% of the pool)")
     parser.add_argument("--epochs", type=int, default=8, help="kie.training.epochs (SER, RE) in every round")
     parser.add_argument("--group-epochs", type=int, default=8, help="kie.training.group_epochs (with --tasks group,...)")

@@ -176,7 +176,8 @@ class ReviewConfig(StrictModel):
     # grouping, RE link. bench/active.py measures what each choice buys.
     uncertainty_from: list[Literal["rec", "label", "group", "link", "link_choice"]] = Field(
         ["rec", "label", "link"], min_length=1)
-    uncertainty_aggregate: Literal["mean", "sum"] = "mean"  # per scored item, or the document's total
+    # The document's total uncertainty (sum) or its mean per scored item; bench/active.py chose sum.
+    uncertainty_aggregate: Literal["mean", "sum"] = "sum"
     holdout_fraction: float = Field(0.1, ge=0, lt=1)  # share of new gold documents frozen in holdout
     claim_minutes: float = Field(30.0, gt=0)  # a claim not renewed for this long lapses
     # Password hashes made by `paperloop review --hash-password`: one shared by every reviewer,

@@ -181,9 +181,10 @@ def test_queue_order_filters_and_audit_mixing(cfg: PaperloopConfig, store: Store
 
 def test_claims_keep_two_reviewers_apart(cfg: PaperloopConfig, store: Store, service: ReviewService) -> None:
     a = make_document(cfg, store, "a.png", [form_segments()])
-    b = make_document(cfg, store, "b.png", [[segment(1, 0, (10, 10, 100, 40), "x", 0.2)]])
+    b = make_document(cfg, store, "b.png", [[segment(1, 0, (10, 10, 100, 40), "x", 0.2),
+                                             segment(1, 1, (10, 50, 100, 80), "y", 0.3)]])
     first = service.next_for("alice")
-    assert first == b.id  # the more uncertain one
+    assert first == b.id  # the more uncertain one (review.uncertainty_aggregate: sum, 2.0 against 1.6)
     assert service.next_for("bob") == a.id  # alice holds b
     with pytest.raises(ClaimError, match="alice"):
         service.claim(b.id, "bob")
