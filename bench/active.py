@@ -373,7 +373,8 @@ def markdown(report: dict[str, Any]) -> str:
     return "\n".join([
         "# Active learning on FUNSD: which forms to review first (issue 15)", "",
         f"Date: {report['date']}  ", f"Machine: {report['machine']}  ", f"Versions: {report['versions']}  ",
-        f"Run time: {report['seconds']} s", "", f"Setting: {report['setting']}", "",
+        f"Run time of this invocation: {report['seconds']} s (finished runs are read back from `--work`); "
+        f"learning jobs of all runs together: {report.get('train_seconds', '?')} s on a shared machine", "", f"Setting: {report['setting']}", "",
         "Pool: the first 139 FUNSD training forms; holdout of the learning job's gate: the last 10. Every run "
         "starts from the base models and 10 forms drawn with its seed (the same for every strategy); each round "
         f"the learning job retrains {report['setting']['tasks']} on everything labelled (gated on the holdout, so a "
@@ -451,6 +452,7 @@ def main(argv: list[str] | None = None) -> int:
         f"{s} {summary['reach_share'][PRIMARY].get(s, '-')}" for s in args.strategies.split(","))
     report = {"date": utc_date(), "machine": machine_info(), "versions": versions(),
               "seconds": round(time.perf_counter() - started, 1),
+              "train_seconds": round(sum(r["train_seconds"] for run in runs + full for r in run["rounds"])),
               "setting": {"pool_forms": POOL_FORMS, "holdout_forms": HOLDOUT_FORMS, "batch": BATCH,
                           "rounds": args.rounds, "seeds": seeds, "epochs": args.epochs,
                           "group_epochs": args.group_epochs, "service_view": False, "tasks": args.tasks.split(","),
