@@ -1,5 +1,6 @@
-"""Throughput of the daemon (1 worker × 2 threads, 2 workers × 1 thread) and of ``paperloop batch`` on a
-local Ray instance with 2 CPUs, on the 50 FUNSD test pages, in one run.
+"""Throughput of the daemon (1 worker × 2 threads, 2 workers × 1 thread, and 1 worker × 1 thread for the
+thread scaling that bounds what more workers can add) and of ``paperloop batch`` on a local Ray instance
+with 2 CPUs, on the 50 FUNSD test pages, in one run.
 
 Each setting runs as its own child process (``paperloop serve`` on a fresh root whose inbox holds the
 pages, or ``paperloop batch`` on a folder of them) against the same model registry. From the jobs'
@@ -152,6 +153,8 @@ def main() -> None:
                                                          "serve")]
     if has_workers:
         settings.append(("daemon, 2 workers x 1 thread", 2, 1, "serve"))
+        # One thread alone: how well one worker uses its second thread bounds what more workers can add.
+        settings.append(("daemon, 1 worker x 1 thread", 1, 1, "serve"))
     settings.append(("batch, local Ray 2 CPUs (2 actors x 1 thread)", None, 1, "batch"))
 
     load_start = [round(v, 2) for v in os.getloadavg()]
@@ -177,6 +180,8 @@ def main() -> None:
     one = next(r for r in rows if r["setting"].startswith("daemon, 1"))
     two = next((r for r in rows if r["setting"].startswith("daemon, 2")), None)
     ray = next(r for r in rows if r["setting"].startswith("batch"))
+    single = by.get("daemon, 1 worker x 1 thread")
+    ceiling = _ceiling(one, single, os.cpu_count() or 1) if single else ""
     line = (f"pages/min: 1 worker {one['pages_per_minute']}, "
             f"2 workers {two['pages_per_minute'] if two else 'n/a (daemon.workers not in this version)'}, "
             f"ray {ray['pages_per_minute']}")
@@ -207,11 +212,23 @@ def main() -> None:
         "",
         *table,
         "",
+        ceiling,
+        "",
         line,
         "",
     ])
     write_results(args.out, "scale", report, page)
     print(line)
+
+
+def _ceiling(one: dict[str, Any], single: dict[str, Any], cores: int) -> str:
+    """What parallel workers can add on this machine at most: ``cores`` one-thread workers, each as fast
+    as one thread alone, against one worker using its threads."""
+    scaling = one["pages_per_minute"] / single["pages_per_minute"]
+    best = cores * single["pages_per_minute"]
+    return (f"Thread scaling: one worker with 2 threads runs {scaling:.2f}× one thread; {cores} one-thread workers "
+            f"can at most reach {cores} × {single['pages_per_minute']} = {best:.1f} pages/min on {cores} cores, "
+            f"{best / one['pages_per_minute']:.2f}× the single worker.")
 
 
 def _ray_version() -> str:

@@ -226,3 +226,42 @@ def test_sigterm_with_two_workers_finishes_both_documents_in_flight(
     assert all(_gone(p) for p in children)
     assert _query(cfg, "SELECT state FROM jobs WHERE state NOT IN ('done', 'needs_review')") == []
     assert _query(cfg, "SELECT COUNT(*), SUM(attempts) FROM jobs") == [(2, 2)]
+
+
+@pytest.mark.slow
+def test_a_model_promoted_while_two_workers_run_reaches_both(cfg: PaperloopConfig, tmp_path: Path) -> None:
+    """Hot reload with N workers: every document read after the switch names the new version, from both workers."""
+    import dataclasses
+    import json
+
+    from service.base_models import install_base_models
+    from service.registry import ModelRegistry
+
+    cfg.paths.models = tmp_path / "own-models"  # a registry of its own: this test adds a version
+    registry = ModelRegistry(cfg.paths.models)
+    install_base_models(registry)
+    inbox = cfg.paths.resolve("inbox")
+    daemon, log = _two_worker_daemon(cfg, tmp_path)
+    try:
+        for seed in range(2):
+            render_form_page(inbox / f"before-{seed}.png", seed=seed)
+        wait_for(lambda: len(_query(cfg, "SELECT id FROM jobs")) == 2 and _finished(cfg), timeout=300,
+                 what="2 pages read by the base rec")
+        base, base_dir = registry.current_dir("rec")
+        card = dataclasses.replace(registry.card("rec", base), version="v2-copy", parent=base, source="test")
+        files = {p.name: p for p in base_dir.iterdir() if p.name not in ("inference.yml", "card.json")}
+        registry.add_version(card, files, registry.inference_config("rec", base))
+        registry.set_current("rec", "v2-copy", reason="promoted while serving", actor="test")
+        for seed in range(2, 8):
+            render_form_page(inbox / f"after-{seed}.png", seed=seed)
+        wait_for(lambda: len(_query(cfg, "SELECT id FROM jobs")) == 8 and _finished(cfg), timeout=300,
+                 what="6 more pages read")
+    finally:
+        if daemon.poll() is None:
+            _stop(daemon, log)
+    jobs = _query(cfg, "SELECT claimed_by, document_id FROM jobs ORDER BY id")
+    output = cfg.paths.resolve("output")
+    rec_of = {doc: json.loads((output / f"{doc}.json").read_text())["model_versions"]["rec"] for _, doc in jobs}
+    assert [rec_of[doc] for _, doc in jobs[:2]] == [base, base]
+    assert [rec_of[doc] for _, doc in jobs[2:]] == ["v2-copy"] * 6
+    assert len({pid for pid, _ in jobs[2:]}) == 2  # both workers read with the new version
