@@ -285,8 +285,11 @@ def test_a_failure_after_ocr_quarantines_the_file_and_the_daemon_goes_on(
         wait_for(lambda: state_of("during.png") == FAILED, timeout=120, what="second quarantined")
         failed = next(j for j in store.jobs() if j.source_name == "during.png")
         assert failed.reason_code == Reason.PROCESSING_ERROR.value and "output" in failed.reason
+        # The failure is recorded (with its quarantine path) before the file is moved there, so that a
+        # crash in between is finished at start-up; the move follows at once.
+        wait_for(lambda: Path(failed.final_path).exists() and not any((cfg.paths.resolve("data") / "work").iterdir()),
+                 timeout=30, what="the file moved into quarantine")
         assert Path(failed.final_path).read_bytes() == pages[1].read_bytes()
-        assert not any((cfg.paths.resolve("data") / "work").iterdir())
 
         output.unlink()
         output.mkdir()
