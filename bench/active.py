@@ -57,13 +57,13 @@ from service.config import PaperloopConfig  # noqa: E402
 from service.document import Document  # noqa: E402
 from service.formats import read_funsd  # noqa: E402
 from service.funsd import split_pairs  # noqa: E402
-from service.kie.evaluation import evaluate_gold  # noqa: E402
+from service.kie.evaluation import evaluate_gold, unlabelled_copy  # noqa: E402
 from service.labels import LabelStore  # noqa: E402
 from service.learning import run_learning_job  # noqa: E402
 from service.pipeline import DocumentPipeline  # noqa: E402
 from service.registry import ModelRegistry  # noqa: E402
 from service.review.active import STRATEGIES, Candidate, document_words, pick_batch  # noqa: E402
-from service.review.routing import document_uncertainty, review_uncertainty  # noqa: E402
+from service.review.routing import document_uncertainty, review_uncertainty, segment_uncertainty  # noqa: E402
 from service.store import Store  # noqa: E402
 
 POOL_FORMS = 139
@@ -108,11 +108,10 @@ def _config(root: Path, seed: int, args: argparse.Namespace, variant: str = "") 
         review["uncertainty_aggregate"] = "sum"
     elif variant:
         review["uncertainty_from"] = variant.split("+")
-    epochs, group_epochs = args.epochs, args.group_epochs
     return PaperloopConfig.model_validate({
         "paths": {"root": str(root)}, "learning": {"tasks": args.tasks.split(","), "min_new_documents": 1},
         "review": review,
-        "kie": {"training": {"epochs": epochs, "group_epochs": group_epochs, "seed": seed,
+        "kie": {"training": {"epochs": args.epochs, "group_epochs": args.group_epochs, "seed": seed,
                              "service_view": False}}})
 
 
@@ -244,9 +243,6 @@ def diagnose(work: Path, seed: int, args: argparse.Namespace, pool_gold: dict[st
 
 def _diagnosis_row(pipeline: DocumentPipeline, ocr: Document, gold: Document) -> dict[str, float]:
     """One form's uncertainties (from the service's reading) and errors (on its ground-truth segments)."""
-    from service.kie.evaluation import unlabelled_copy
-    from service.review.routing import segment_uncertainty
-
     processed = run_document_stages(pipeline, copy.deepcopy(ocr))
     strategy = pipeline.cfg.review.uncertainty
     segments = [s for s in processed.segments if s.rec_score is not None and s.label_score is not None]

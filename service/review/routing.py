@@ -30,9 +30,8 @@ from service.config import PaperloopConfig, ReviewConfig
 from service.document import Document, Segment
 
 UNCERTAINTY_STRATEGIES = ("entropy", "margin", "least_confidence")
-# Which scores a document's uncertainty reads: recognition, SER label, grouping, the kept RE links,
-# and RE's decision for every segment (its key or none: Segment.link_score, which sees missed links).
-UNCERTAINTY_SOURCES = ("rec", "label", "group", "link", "link_choice")
+# The scores a document's uncertainty reads unless told otherwise (review.uncertainty_from lists the
+# others: "group", and "link_choice", RE's decision for every segment, which sees missed links).
 DEFAULT_UNCERTAINTY_SOURCES = ("rec", "label", "link")
 
 
