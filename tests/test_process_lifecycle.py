@@ -68,6 +68,15 @@ def _finished(cfg: PaperloopConfig) -> bool:
     return bool(states) and all(s in ("done", "needs_review") for (s,) in states)
 
 
+def _drop_forms_and_wait(cfg: PaperloopConfig, prefix: str, seeds: range) -> None:
+    """Render one form page per seed into the inbox; wait until every job so far is finished."""
+    for seed in seeds:
+        render_form_page(cfg.paths.resolve("inbox") / f"{prefix}-{seed}.png", seed=seed)
+    total = len(_query(cfg, "SELECT id FROM jobs")) + len(seeds)
+    wait_for(lambda: len(_query(cfg, "SELECT id FROM jobs")) == total and _finished(cfg), timeout=300,
+             what=f"{len(seeds)} {prefix} pages processed")
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("workers", [1, 2])
 def test_kill_9_mid_document_loses_nothing_and_processes_once(
@@ -157,10 +166,7 @@ def test_two_workers_process_a_batch_once_each(cfg: PaperloopConfig, tmp_path: P
     try:
         worker_pids = {p.pid for p in _workers(daemon)}
         assert len(worker_pids) == 2
-        for seed in range(6):
-            render_form_page(cfg.paths.resolve("inbox") / f"form-{seed}.png", seed=seed)
-        wait_for(lambda: len(_query(cfg, "SELECT id FROM jobs")) == 6 and _finished(cfg), timeout=300,
-                 what="6 pages processed")
+        _drop_forms_and_wait(cfg, "form", range(6))
     finally:
         if daemon.poll() is None:
             _stop(daemon, log)
@@ -240,22 +246,15 @@ def test_a_model_promoted_while_two_workers_run_reaches_both(cfg: PaperloopConfi
     cfg.paths.models = tmp_path / "own-models"  # a registry of its own: this test adds a version
     registry = ModelRegistry(cfg.paths.models)
     install_base_models(registry)
-    inbox = cfg.paths.resolve("inbox")
     daemon, log = _two_worker_daemon(cfg, tmp_path)
     try:
-        for seed in range(2):
-            render_form_page(inbox / f"before-{seed}.png", seed=seed)
-        wait_for(lambda: len(_query(cfg, "SELECT id FROM jobs")) == 2 and _finished(cfg), timeout=300,
-                 what="2 pages read by the base rec")
+        _drop_forms_and_wait(cfg, "before", range(2))
         base, base_dir = registry.current_dir("rec")
         card = dataclasses.replace(registry.card("rec", base), version="v2-copy", parent=base, source="test")
         files = {p.name: p for p in base_dir.iterdir() if p.name not in ("inference.yml", "card.json")}
         registry.add_version(card, files, registry.inference_config("rec", base))
         registry.set_current("rec", "v2-copy", reason="promoted while serving", actor="test")
-        for seed in range(2, 8):
-            render_form_page(inbox / f"after-{seed}.png", seed=seed)
-        wait_for(lambda: len(_query(cfg, "SELECT id FROM jobs")) == 8 and _finished(cfg), timeout=300,
-                 what="6 more pages read")
+        _drop_forms_and_wait(cfg, "after", range(2, 8))
     finally:
         if daemon.poll() is None:
             _stop(daemon, log)
