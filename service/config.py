@@ -278,6 +278,9 @@ class LearningConfig(StrictModel):
     min_new_documents: int = Field(20, ge=0)  # new gold documents since the task's last run
     margin: float = Field(0.005, ge=0)  # the main metric must improve by at least this
     tolerance: float = Field(0.01, ge=0)  # no other metric may fall by more (precision, recall: plus the gain)
+    # ... nor by more than this many standard errors of the holdout's sampling noise, for metrics whose
+    # number of gold items is known (a field's Hmean: its gold segments); 0 = the tolerance alone.
+    gate_noise_z: float = Field(1.645, ge=0)
     nice: int = Field(10, ge=0, le=19)  # training runs in a child process at this priority
 
     @field_validator("tasks")

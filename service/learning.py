@@ -142,7 +142,7 @@ def _train_and_gate(cfg: PaperloopConfig, registry: ModelRegistry, task: str, tr
     except Exception as exc:  # noqa: BLE001 - a failed run must leave the service untouched
         log.exception("learning %s failed", task)
         return TaskRun(task, "failed", f"{type(exc).__name__}: {exc}", candidate, current, new)
-    accepted, reason = model_task.gate_rule(cfg).decide(ours, theirs)
+    accepted, reason = model_task.gate_rule(cfg, holdout).decide(ours, theirs)
     card = registry.card(task, candidate)
     card.metrics["holdout"] = {"candidate": ours, "in_service": theirs, "in_service_version": current,
                                "promoted": accepted, "reason": reason, "documents": len(holdout)}

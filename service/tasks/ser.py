@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from collections import Counter
+from typing import TYPE_CHECKING, Any, Sequence
 
 from service.tasks.base import Prediction, ServiceModels
 from service.tasks.kie_common import DEFAULTS, KieTask
@@ -36,6 +37,11 @@ class SerTask(KieTask):
 
         return train_ser(fit_docs, val_docs, cfg.kie.labels, settings, cfg.kie.training.line_augmentation,
                          progress=progress)
+
+    def metric_support(self, cfg: "PaperloopConfig", documents: Sequence["Document"]) -> dict[str, int]:
+        """Each field's Hmean rests on that field's gold segments."""
+        counts = Counter(s.label for document in documents for s in document.segments)
+        return {f"{label}_hmean": counts[label] for label in cfg.kie.labels if label != cfg.kie.other_label}
 
     def metrics_from_report(self, cfg: "PaperloopConfig", report: dict[str, Any]) -> dict[str, float]:
         per_label = {f"{label}_hmean": report["ser"]["scores"][label]["hmean"]
