@@ -128,6 +128,22 @@ def test_a_single_value_field_gets_one_value_the_most_probable() -> None:
     assert totals[0].confidence == pytest.approx(0.85 * 0.99)
 
 
+def test_a_text_value_is_assembled_from_every_labelled_piece_next_to_it_in_reading_order() -> None:
+    """Before: the value ran over the segments next to the seed in segment order only, so an address cut
+    into entities with another segment between them in that order (here a line far below) came out cut."""
+    document = receipt([
+        line("p1-s0000", "NO 5, JALAN", 40, label="address", score=0.9),
+        line("p1-s0001", "GST ID: 0001", 400, label="other", score=0.9),
+        line("p1-s0002", "42100 KLANG", 62, label="address", score=0.6),
+        line("p1-s0003", "BATU 4", 40, x=170, label="address", score=0.7),
+        line("p1-s0004", "LOT 9 SHAH ALAM", 900, label="address", score=0.5),  # far away: another value
+    ])
+    fill_fields(document, SCHEMA)
+    address = next(f for f in document.fields if f.name == "address")
+    assert address.value == "NO 5, JALAN BATU 4 42100 KLANG"
+    assert sorted(address.segments) == ["p1-s0000", "p1-s0002", "p1-s0003"]
+
+
 def test_a_keyed_total_is_the_last_one_printed_with_its_key_not_the_one_before_rounding() -> None:
     """Before: SER's most probable amount won, and on holdout receipts that was mostly the total before
     rounding (``Total Amount: RM8.76`` above ``Rounding: -RM0.01`` and ``Nett Total: RM8.75``)."""
@@ -327,3 +343,58 @@ def test_the_learning_gate_rejects_a_candidate_that_loses_a_field() -> None:
     ok, why = rule.decide({"hmean": 0.85, "company_hmean": 0.9, "total_hmean": 0.2}, current)
     assert not ok and "total_hmean" in why
     assert rule.decide({"hmean": 0.85, "company_hmean": 0.9, "total_hmean": 0.6}, current)[0]
+
+
+def test_the_ser_gate_reads_bootstrapped_holdout_pages_with_the_rec_in_service(
+        tmp_path: Path, cfg: PaperloopConfig, models_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Before: a gold document labelled on OCR text (``import values``) was evaluated on its stored text,
+    the reading of the rec that was in service then; after a rec promotion, a SER candidate trained on the
+    new rec's reading was judged on the old one. Now such a page is re-read by the OCR in service and its
+    labels carried over to the OCR words; a document whose text no rec read stays as it is."""
+    import service.kie.evaluation as evaluation
+    import service.kie.inference as inference
+    from service.registry import ModelRegistry
+    from service.tasks import get_task
+
+    render_receipt(tmp_path / "r1.png")
+    stale = Segment(id="p1-s0000", box=bbox_to_quad((50, 20, 420, 75)), text="GRFFNLFAFCAF", label="company",
+                    rec_version="an-old-rec", rec_score=0.5)
+    rest = Segment(id="p1-s0001", box=bbox_to_quad((50, 200, 420, 255)), text="Coffee4.50", label="other",
+                   rec_version="an-old-rec", rec_score=0.5)
+    gold = Document(id="g1", source_name="r1.png", sha256="1" * 64, created_at="2026-01-01T00:00:00.000Z",
+                    pages=[Page(number=1, width=900, height=520, image=str(tmp_path / "r1.png"), segments=[stale, rest])])
+    typed = receipt([line("p1-s0000", "TYPED BY A REVIEWER", 10, label="company")])
+    typed.id = "typed"
+    for segment in typed.segments:
+        segment.rec_version = None
+    seen: list[Document] = []
+    monkeypatch.setattr(inference, "KieModels", lambda *args, **kwargs: None)
+    monkeypatch.setattr(evaluation, "evaluate_gold", lambda kie, documents, *args: seen.extend(documents) or
+                        {"ser": {"hmean": 0.0, "scores": {label: {"hmean": 0.0} for label in RECEIPT.kie.labels}}})
+    receipt_cfg = cfg.model_copy(update={"kie": RECEIPT.kie, "fields": RECEIPT.fields})
+    get_task("ser").evaluate(receipt_cfg, ModelRegistry(models_dir), "v1", [gold, typed])
+    by_id = {d.id: d for d in seen}
+    assert by_id["typed"].segments[0].text == "TYPED BY A REVIEWER"
+    [company] = [s for s in by_id["g1#ocr"].segments if s.label == "company"]
+    assert "".join(company.text.split()).casefold() == "greenleafcafe"
+
+    import service.kie.grouping as grouping
+
+    class Grouper:  # the grouping model in service, recording the pages it is given
+        pages: list = []
+
+        def __init__(self, *args: object, **kwargs: object) -> None:
+            pass
+
+        def refresh(self) -> None:
+            pass
+
+        def groups_of(self, page: object) -> list:
+            Grouper.pages.append(page)
+            return []
+
+    monkeypatch.setattr(inference, "KieModels", Grouper)
+    monkeypatch.setattr(grouping, "grouping_scores", lambda predicted, gold: {"hmean": 0.0})
+    get_task("group").evaluate(receipt_cfg, ModelRegistry(models_dir), "v1", [gold])
+    [page] = Grouper.pages
+    assert "".join(u.text for u in page.units).casefold().startswith("greenleafcafe")

@@ -18,7 +18,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from service.document import BBox, Document, FieldValue, Page, Segment
+from service.document import BBox, Document, FieldValue, Page, Segment, Word
 from service.fields.matching import has_key, words_of_span
 from service.fields.schema import FieldsConfig, FieldSpec
 from service.fields.values import ParsedValue, parse_value
@@ -50,27 +50,52 @@ def _page_of(document: Document) -> dict[str, Page]:
     return {s.id: page for page in document.pages for s in page.segments}
 
 
-def _adjacent(a: Segment, b: Segment) -> bool:
-    """Whether ``b`` continues ``a`` on the next line (or the same row): a short vertical gap, overlapping columns."""
+def _line_height(segment: Segment) -> float:
+    """The height of one printed line of ``segment``: its words' median height (an entity may span lines)."""
+    heights = sorted(w.box[3] - w.box[1] for w in segment.words) or [segment.bbox[3] - segment.bbox[1]]
+    return max(heights[len(heights) // 2], 1.0)
+
+
+def _near(a: Segment, b: Segment) -> bool:
+    """Whether ``b`` continues ``a`` on an adjacent line or on its row: a vertical gap under 1.5 line heights
+    and columns that overlap (or a horizontal gap under two line heights)."""
     ax0, ay0, ax1, ay1 = a.bbox
     bx0, by0, bx1, by1 = b.bbox
-    height = max(ay1 - ay0, by1 - by0, 1.0)
-    return (by0 - ay1) < 1.2 * height and (ay0 - by1) < 1.2 * height and min(ax1, bx1) - max(ax0, bx0) > -height
+    height = max(_line_height(a), _line_height(b))
+    gap_y = max(by0 - ay1, ay0 - by1)
+    gap_x = max(bx0 - ax1, ax0 - bx1)
+    return gap_y < 1.5 * height and gap_x < 2.0 * height
 
 
-def _text_run(document: Document, seed: int, name: str) -> list[Segment]:
-    """The seed segment and the neighbours, in reading order, that SER labelled ``name`` and that continue it."""
+def _text_run(document: Document, seed: int, name: str, probabilities: Sequence[float]) -> list[Segment]:
+    """The seed segment and every segment of its page that SER finds more likely to be ``name`` than not
+    (its label, or a probability of at least one half) and that is connected to the seed through such
+    segments on adjacent lines: a value cut into several entities or lines comes out whole."""
     segments, page_of = document.segments, _page_of(document)
-    run = [segments[seed]]
-    for step in (-1, 1):
-        k = seed + step
-        while 0 <= k < len(segments) and segments[k].label == name and page_of[segments[k].id] is page_of[run[0].id]:
-            neighbour = run[0] if step < 0 else run[-1]
-            if not _adjacent(neighbour, segments[k]) and not _adjacent(segments[k], neighbour):
-                break
-            run = [segments[k], *run] if step < 0 else [*run, segments[k]]
-            k += step
-    return sorted(run, key=lambda s: (s.bbox[1], s.bbox[0]))
+    page = page_of[segments[seed].id]
+    members = [k for k, s in enumerate(segments)
+               if k != seed and page_of[s.id] is page and (s.label == name or probabilities[k] >= 0.5)]
+    run, frontier = [seed], [seed]
+    while frontier:
+        current = segments[frontier.pop()]
+        joined = [k for k in members if k not in run and (_near(current, segments[k]) or _near(segments[k], current))]
+        run += joined
+        frontier += joined
+    return [segments[k] for k in run]
+
+
+def _reading_order_words(run: Sequence[Segment]) -> list[Word]:
+    """The words of ``run`` in reading order: rows top to bottom (a word joins a row when its vertical
+    middle lies within the row's first word), each row left to right."""
+    words = [w for s in run for w in (s.words or [Word(s.text, s.bbox)])]
+    rows: list[list[Word]] = []
+    for word in sorted(words, key=lambda w: (w.box[1] + w.box[3]) / 2):
+        middle = (word.box[1] + word.box[3]) / 2
+        if rows and rows[-1][0].box[1] <= middle <= rows[-1][0].box[3]:
+            rows[-1].append(word)
+        else:
+            rows.append([word])
+    return [w for row in rows for w in sorted(row, key=lambda w: w.box[0])]
 
 
 def _span_box(segment: Segment, parsed: ParsedValue) -> BBox:
@@ -92,18 +117,21 @@ def _typed_value(document: Document, spec: FieldSpec, cfg: FieldsConfig, index: 
                       confidence=round(p * _rec([segment]), 5), versions=_versions([segment], document.model_versions))
 
 
-def _text_value(document: Document, spec: FieldSpec, index: int, p: float) -> FieldValue:
-    run = _text_run(document, index, spec.name)
-    text = " ".join(" ".join(s.text.split()) for s in run)
+def _text_value(document: Document, spec: FieldSpec, index: int, probabilities: Sequence[float]) -> FieldValue:
+    run = _text_run(document, index, spec.name, probabilities)
+    text = " ".join(" ".join(w.text.split()) for w in _reading_order_words(run))
+    run = sorted(run, key=lambda s: (s.bbox[1], s.bbox[0]))
+    p = probabilities[index]
     return FieldValue(name=spec.name, value=text, raw=text, page=_page_of(document)[run[0].id].number,
                       boxes=[s.bbox for s in run], segments=[s.id for s in run],
                       confidence=round(p * _rec(run), 5), versions=_versions(run, document.model_versions))
 
 
-def _value_at(document: Document, spec: FieldSpec, cfg: FieldsConfig, index: int, p: float) -> FieldValue | None:
+def _value_at(document: Document, spec: FieldSpec, cfg: FieldsConfig, index: int,
+              probabilities: Sequence[float]) -> FieldValue | None:
     if spec.type == "text":
-        return _text_value(document, spec, index, p)
-    return _typed_value(document, spec, cfg, index, p)
+        return _text_value(document, spec, index, probabilities)
+    return _typed_value(document, spec, cfg, index, probabilities[index])
 
 
 def last_keyed(document: Document, spec: FieldSpec, cfg: FieldsConfig) -> int | None:
@@ -127,7 +155,7 @@ def field_values(document: Document, spec: FieldSpec, cfg: FieldsConfig, probabi
     one), or for ``multiple`` every segment labelled with it."""
     if not spec.multiple and spec.found_by == "key" and spec.type != "text":
         keyed = last_keyed(document, spec, cfg)
-        if keyed is not None and (value := _value_at(document, spec, cfg, keyed, probabilities[keyed])) is not None:
+        if keyed is not None and (value := _value_at(document, spec, cfg, keyed, probabilities)) is not None:
             return [value]
     order = sorted(range(len(probabilities)), key=lambda i: -probabilities[i])
     if spec.multiple:
@@ -139,7 +167,7 @@ def field_values(document: Document, spec: FieldSpec, cfg: FieldsConfig, probabi
     for i in chosen:
         if document.segments[i].id in used:
             continue
-        value = _value_at(document, spec, cfg, i, probabilities[i])
+        value = _value_at(document, spec, cfg, i, probabilities)
         if value is None:
             continue
         values.append(value)

@@ -157,3 +157,34 @@ def service_view_for(cfg: "PaperloopConfig", registry: "ModelRegistry", document
     if not cfg.kie.training.service_view:
         return ServiceView()
     return service_view(documents, OcrEngine(registry, cfg.ocr), cfg.paths.resolve("data"))
+
+
+def read_by_other_rec(document: Document, rec_version: str) -> bool:
+    """Whether ``document``'s text is a recognizer's reading (every segment names the rec that read it)
+    by a rec other than ``rec_version``: gold labelled on OCR text (``import values``), whose text the
+    rec in service would read differently."""
+    segments = document.segments
+    return bool(segments) and all(s.rec_version is not None for s in segments) and \
+        any(s.rec_version != rec_version for s in segments)
+
+
+def as_read_in_service(cfg: "PaperloopConfig", registry: "ModelRegistry",
+                       documents: Sequence[Document]) -> tuple[list[Document], ServiceView]:
+    """The gold documents a KIE gate evaluates on, as the service meets them: (the documents kept as they
+    are, the service view of the others). A document whose text is another rec's reading
+    (:func:`read_by_other_rec`) is re-read by the OCR in service (cached per det/rec version) and its gold
+    labels carried over to the OCR words, so that a candidate trained on the new rec's reading is not
+    judged on the old one. Nothing is re-read with ``kie.training.service_view`` off."""
+    from service.ocr import OcrEngine
+
+    if not cfg.kie.training.service_view:
+        return list(documents), ServiceView()
+    engine = OcrEngine(registry, cfg.ocr)
+    rec_version = engine.refresh()["rec"]
+    stale = [d for d in documents if read_by_other_rec(d, rec_version)]
+    if not stale:
+        return list(documents), ServiceView()
+    view = service_view(stale, engine, cfg.paths.resolve("data"))
+    reread = {d.id.removesuffix("#ocr") for d in view.documents}
+    log.info("gate documents: %d of %d re-read by rec %s", len(reread), len(documents), rec_version)
+    return [d for d in documents if d.id not in reread], view

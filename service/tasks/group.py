@@ -82,14 +82,18 @@ class GroupTask(ModelTask):
 
     def evaluate(self, cfg: "PaperloopConfig", registry: "ModelRegistry", version: str,
                  documents: Sequence["Document"]) -> dict[str, float]:
-        """Entity grouping scores of ``version`` on the gold documents' words (simulated OCR lines)."""
+        """Entity grouping scores of ``version`` on the gold documents' words (simulated OCR lines); a
+        document labelled on another rec's reading is read again by the OCR in service and scored on its
+        words (:func:`service.kie.service_view.as_read_in_service`)."""
         from service.kie.grouping import gold_groups, grouping_scores
         from service.kie.group_fit import usable
         from service.kie.inference import KieModels
+        from service.kie.service_view import as_read_in_service
 
+        kept, view = as_read_in_service(cfg, registry, documents)
         kie = KieModels(registry, pinned={"group": version})
         kie.refresh()
-        pages = usable(_gold_word_pages(documents))
+        pages = usable(_gold_word_pages(kept) + view.word_pages)
         predicted = [[frozenset(g.units) for g in kie.groups_of(page)] for page in pages]
         return grouping_scores(predicted, [gold_groups(page) for page in pages])
 

@@ -96,12 +96,16 @@ class KieTask(ModelTask):
 
     def evaluate(self, cfg: "PaperloopConfig", registry: "ModelRegistry", version: str,
                  documents: Sequence["Document"]) -> dict[str, float]:
-        from service.kie.evaluation import evaluate_gold
-        from service.kie.inference import KieModels
+        """Scores of ``version`` on gold documents as the service meets them: a document labelled on another
+        rec's reading is read again by the OCR in service (:func:`service.kie.service_view.as_read_in_service`)."""
+        from service.kie import evaluation, inference
+        from service.kie.service_view import as_read_in_service
 
-        kie = KieModels(registry, multiple_values=cfg.kie.multiple_values, link_threshold=cfg.kie.link_threshold,
-                        pinned={self.name: version})
-        return self.metrics_from_report(cfg, evaluate_gold(kie, list(documents), cfg.kie.labels, cfg.kie.other_label))
+        kept, view = as_read_in_service(cfg, registry, documents)
+        kie = inference.KieModels(registry, multiple_values=cfg.kie.multiple_values,
+                                  link_threshold=cfg.kie.link_threshold, pinned={self.name: version})
+        report = evaluation.evaluate_gold(kie, kept + view.documents, cfg.kie.labels, cfg.kie.other_label)
+        return self.metrics_from_report(cfg, report)
 
     def metrics_from_report(self, cfg: "PaperloopConfig", report: dict[str, Any]) -> dict[str, float]:
         """The task's metrics from an :func:`evaluate_gold` report, the main one first."""
