@@ -16,7 +16,6 @@ import json
 import logging
 import os
 import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,6 +23,7 @@ from service.config import PaperloopConfig
 from service.errors import IngestError, Reason
 from service.document import Document
 from service.pipeline import DocumentPipeline, Routing
+from service.results import result_json, write_json_atomic
 from service.safe_files import (disk_name, entry_problem, hash_regular_file, inside, is_utf8_name, move_entry,
                                 printable_name)
 from service.store import DUPLICATE, FAILED, FINISHED_STATES, QUEUED, Job, Store
@@ -38,16 +38,6 @@ def move_file(source: Path, target: Path) -> None:
         os.replace(source, target)
     except OSError:
         shutil.move(str(source), str(target))
-
-
-def write_json_atomic(path: Path, data: object) -> None:
-    """Write JSON so that readers never see a half-written file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    with os.fdopen(fd, "w", encoding="utf-8") as handle:
-        json.dump(data, handle, ensure_ascii=False, indent=2)
-    os.chmod(tmp, 0o644)
-    os.replace(tmp, path)
 
 
 def document_id_for(job: Job) -> str:
@@ -223,9 +213,7 @@ class JobRunner:
         """
         try:
             json_path = self.output / f"{document.id}.json"
-            write_json_atomic(json_path, {**document.to_dict(), "key_values": document.key_values(),
-                                          "state": routing.state, "review_reason": routing.reason,
-                                          "routing": routing.record})
+            write_json_atomic(json_path, result_json(document, routing.state, routing.reason, routing.record))
             target = self.archive / disk_name(job.id, job.source_name)
             self.store.save_result(job.id, document, routing.state, routing.reason, json_path, target,
                                    routing=routing.record)

@@ -1,5 +1,6 @@
 """Persistence of the review queue: every SQL statement on ``review_items``, ``review_claims`` and
-``review_audit`` (and the reads of ``documents`` and ``gold_documents`` that the queue needs).
+``review_audit`` (and the reads of ``documents`` and ``gold_documents`` that the queue needs, and the
+state a reviewed document and its job move to).
 
 :class:`ReviewStore` wraps one :class:`~service.store.Store`; its methods are named after what they
 do, take and return plain values, and each runs in a transaction of its own. A caller groups several
@@ -15,7 +16,7 @@ from dataclasses import dataclass
 from typing import Any, Iterable, Iterator
 
 from service.document import Document
-from service.store import JobState, Store
+from service.store import JobState, Store, utc_now
 
 _ITEM_COLUMNS = ("document_id", "source_name", "page_count", "reason", "reasons", "audit", "uncertainty",
                  "status", "queued_at", "revision", "reviewed_by", "reviewed_at", "split", "claimed_by",
@@ -30,6 +31,14 @@ class RoutedDocument:
     created_at: str | None
     review_reason: str | None
     routing: dict[str, Any] | None  # the routing record; None for results stored before it was kept
+
+
+@dataclass(frozen=True)
+class StoredRouting:
+    """Where the pipeline sent a processed document, and why, as stored with its result."""
+
+    review_reason: str | None
+    routing: dict[str, Any] | None
 
 
 @dataclass(frozen=True)
@@ -66,6 +75,19 @@ class ReviewStore:
                 "(r.status = ? AND r.document_created_at IS NOT d.created_at))",
                 [JobState.NEEDS_REVIEW, waiting]).fetchall()
         return [RoutedDocument(r[0], r[1], r[2], json.loads(r[3]) if r[3] else None) for r in rows]
+
+    def mark_reviewed(self, document_id: str) -> StoredRouting | None:
+        """Set a processed document and its job to ``reviewed``; returns why it had been routed where it
+        went (for the output JSON), or ``None`` for a document the pipeline never processed (imported gold)."""
+        with self.store.transaction() as db:
+            row = db.execute("SELECT job_id, review_reason, routing FROM documents WHERE id = ?",
+                             [document_id]).fetchone()
+            if row is None:
+                return None
+            now = utc_now()
+            db.execute("UPDATE documents SET state = ? WHERE id = ?", [JobState.REVIEWED, document_id])
+            db.execute("UPDATE jobs SET state = ?, updated_at = ? WHERE id = ?", [JobState.REVIEWED, now, row[0]])
+        return StoredRouting(row[1], json.loads(row[2]) if row[2] else None)
 
     def document_created_at(self, document_id: str) -> str | None:
         """When a processed document was created; ``KeyError`` if there is no such document."""

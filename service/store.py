@@ -36,19 +36,21 @@ class JobState(str, Enum):
     NEEDS_REVIEW = "needs_review"
     FAILED = "failed"
     DUPLICATE = "duplicate"
+    REVIEWED = "reviewed"  # a reviewer saved it: the output JSON holds the reviewed result
 
     __str__ = str.__str__  # "done", not "JobState.DONE", in messages and f-strings
     __format__ = str.__format__
 
 
 # Module-level aliases of the members, for ``from service.store import DONE``.
-QUEUED, PROCESSING, DONE, NEEDS_REVIEW, FAILED, DUPLICATE = (
+QUEUED, PROCESSING, DONE, NEEDS_REVIEW, FAILED, DUPLICATE, REVIEWED = (
     JobState.QUEUED, JobState.PROCESSING, JobState.DONE, JobState.NEEDS_REVIEW, JobState.FAILED, JobState.DUPLICATE,
+    JobState.REVIEWED,
 )
 STATES = tuple(JobState)
-FINISHED_STATES = (DONE, NEEDS_REVIEW, FAILED, DUPLICATE)
+FINISHED_STATES = (DONE, NEEDS_REVIEW, REVIEWED, FAILED, DUPLICATE)
 # A new file with the same content as a job in one of these states is a duplicate.
-DEDUP_STATES = (QUEUED, PROCESSING, DONE, NEEDS_REVIEW)
+DEDUP_STATES = (QUEUED, PROCESSING, DONE, NEEDS_REVIEW, REVIEWED)
 
 
 def utc_now() -> str:

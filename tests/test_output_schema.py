@@ -79,8 +79,19 @@ def test_every_key_of_the_output_json_is_documented_in_the_readme(processed: dic
     assert for_review["state"] == "needs_review"
     document = _fill_optional_parts(Document.from_dict(processed))
     full = {**processed, **document.to_dict(), "key_values": document.key_values()}
-    keys = key_paths(processed) | key_paths(full) | key_paths(for_review)
+    reviewed = _reviewed(cfg, for_review["id"])
+    keys = key_paths(processed) | key_paths(full) | key_paths(for_review) | key_paths(reviewed)
     assert {"pages[].segments[].words[].text", "links[].re_version", "key_values[].key_label",
-            "routing.reasons[].threshold"} <= keys
+            "routing.reasons[].threshold", "review.reviewed_by"} <= keys
     missing = keys - documented_fields()
     assert not missing, f"README 'Output JSON' does not document: {sorted(missing)}"
+
+
+def _reviewed(cfg: PaperloopConfig, document_id: str) -> dict[str, Any]:
+    """The output JSON of ``document_id`` once a reviewer has accepted it."""
+    from service.review import ReviewService
+
+    service = ReviewService(cfg, Store(cfg.paths.database))
+    draft, revision = service.working_copy(document_id)
+    service.save(document_id, draft, "alice", revision, accept=True)
+    return json.loads((cfg.paths.resolve("output") / f"{document_id}.json").read_text(encoding="utf-8"))

@@ -542,3 +542,54 @@ def test_summed_uncertainty_puts_a_long_uncertain_document_first() -> None:
     assert document_uncertainty(short) > document_uncertainty(long)
     assert document_uncertainty(short, aggregate="sum") < document_uncertainty(long, aggregate="sum")
     assert review_uncertainty(long, ReviewConfig(uncertainty_aggregate="sum")) == document_uncertainty(long, aggregate="sum")
+
+
+def test_a_save_makes_the_reviewed_document_the_result_users_read(cfg: PaperloopConfig, store: Store,
+                                                                  service: ReviewService) -> None:
+    """Before, a reviewer's corrections reached only the gold set: the output JSON kept the models' misreading
+    and the job stayed ``needs_review`` for good."""
+    made = make_document(cfg, store, "form.png", [form_segments()])
+    output = cfg.paths.resolve("output") / f"{made.id}.json"
+    draft, revision = service.working_copy(made.id)
+    update_segment(draft, "p1-s0001", label="question")
+    update_segment(draft, "p1-s0002", text="12/10/98", label="answer")
+    add_link(draft, "p1-s0001", "p1-s0002")
+    service.save(made.id, draft, "alice", revision, accept=True)
+
+    result = json.loads(output.read_text(encoding="utf-8"))
+    assert result["state"] == "reviewed" and result["review"]["reviewed_by"] == "alice"
+    assert result["review"]["revision"] == 1
+    assert [s["text"] for s in result["pages"][0]["segments"]][2] == "12/10/98"
+    assert [(kv["key"], kv["value"]) for kv in result["key_values"]] == [("Date:", "12/10/98")]
+    assert result["routing"]["needs_review"] and "confidence below" in result["review_reason"]  # why it went, kept
+    job = store.jobs()[0]
+    assert job.state == "reviewed" and store.counts()["reviewed"] == 1
+    assert store.document(made.id).segments[2].text == "12/1O/98"  # SQLite keeps the models' prediction
+
+    draft, revision = service.working_copy(made.id)
+    update_segment(draft, "p1-s0003", label="question")
+    service.save(made.id, draft, "bob", revision)
+    result = json.loads(output.read_text(encoding="utf-8"))
+    assert result["review"]["reviewed_by"] == "bob" and result["review"]["revision"] == 2
+
+    again = cfg.paths.resolve("inbox") / "again.png"
+    again.write_bytes(b"form.png")  # the same content as the reviewed file
+    assert store.enqueue(again, job.sha256, again.stat().st_size).state == "duplicate"
+
+
+def test_a_reviewed_document_gets_its_fields_from_the_reviewers_labels(tmp_path: Path, models_dir: Path) -> None:
+    cfg = PaperloopConfig.model_validate({
+        "paths": {"root": str(tmp_path), "models": str(models_dir)},
+        "kie": {"labels": ["date", "other"], "other_label": "other"},
+        "fields": {"date_order": "DMY", "fields": [{"name": "date", "type": "date"}]},
+    })
+    store = Store(cfg.paths.database)
+    service = ReviewService(cfg, store)
+    made = make_document(cfg, store, "receipt.png", [form_segments()])
+    draft, revision = service.working_copy(made.id)
+    update_segment(draft, "p1-s0002", text="12/10/98", label="date")
+    service.save(made.id, draft, "alice", revision)
+    result = json.loads((cfg.paths.resolve("output") / f"{made.id}.json").read_text(encoding="utf-8"))
+    [date] = result["fields"]
+    assert (date["name"], date["value"], date["raw"], date["confidence"]) == ("date", "1998-10-12", "12/10/98", 1.0)
+    store.close()

@@ -16,7 +16,7 @@ import service.review.queue as queue_module
 from service.config import PaperloopConfig
 from service.document import Document, Page, Segment, bbox_to_quad
 from service.review_store import Claim, ReviewStore
-from service.store import DONE, DUPLICATE, FAILED, NEEDS_REVIEW, PROCESSING, QUEUED, STATES, JobState, Store
+from service.store import DONE, DUPLICATE, FAILED, NEEDS_REVIEW, PROCESSING, QUEUED, REVIEWED, STATES, JobState, Store
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 # sqlite-utils 4.0 (first released as 4.0rc1) added Database.atomic(), which Store.transaction and
@@ -44,8 +44,9 @@ def _stored_document(cfg: PaperloopConfig, store: Store, name: str = "a.png") ->
 
 
 def test_job_states_are_an_enum_stored_as_their_values(cfg: PaperloopConfig, store: Store) -> None:
-    assert [s.value for s in JobState] == ["queued", "processing", "done", "needs_review", "failed", "duplicate"]
-    assert (QUEUED, PROCESSING, DONE, NEEDS_REVIEW, FAILED, DUPLICATE) == tuple(JobState) == STATES
+    assert [s.value for s in JobState] == ["queued", "processing", "done", "needs_review", "failed", "duplicate",
+                                           "reviewed"]
+    assert (QUEUED, PROCESSING, DONE, NEEDS_REVIEW, FAILED, DUPLICATE, REVIEWED) == tuple(JobState) == STATES
     assert QUEUED is JobState.QUEUED and DONE == "done" and isinstance(DONE, str)
     assert f"{NEEDS_REVIEW}" == str(NEEDS_REVIEW) == "needs_review"
     source = cfg.paths.resolve("inbox") / "a.png"

@@ -8,6 +8,8 @@
   transaction. A save based on an outdated revision is refused, never merged silently; the
   pipeline never writes gold, and a reviewed document never returns to the queue. Accepting saved
   gold without a change only logs who looked (revision, reviewer and gold stay as they were).
+* A save makes the reviewed document the document's result (:mod:`service.review.publish`): the
+  output JSON is rewritten from the gold and the document's state becomes ``reviewed``.
 * New gold documents are split into ``train`` and ``holdout``, stratified by their rarest label.
 * A document enters the queue with the routing record stored with its result (reasons, audit flag,
   uncertainty at processing time); it is not decided again under today's configuration.
@@ -31,6 +33,7 @@ from service.labels import LabelStore, validate
 from service.registry import ModelRegistry
 from service.review.auth import clean_reviewer_name
 from service.review.gold import Change, diff_documents, to_gold
+from service.review.publish import publish_review
 from service.review.routing import Decision, ReviewReason, decide, review_uncertainty
 from service.review_store import ReviewStore, RoutedDocument
 from service.store import Store, utc_now
@@ -323,6 +326,7 @@ class ReviewService:
             if stratum is not None:
                 update["stratum"] = stratum
             self.records.update_item(document_id, update)
+            publish_review(self.cfg, self.records, gold, reviewer, now, revision + 1)
             if accept:
                 self.release(document_id, reviewer)
         return SaveResult(document_id, revision + 1, split, changes)
