@@ -123,6 +123,30 @@ def status(cfg: PaperloopConfig, as_json: bool) -> None:
         click.echo("note: no RE model trained yet (`paperloop train re`); documents get labels but no links")
 
 
+@cli.command()
+@click.option("--pairs", is_flag=True, help="One row per key-value pair (the default without a field schema).")
+@click.option("--state", "states", multiple=True, type=click.Choice(["done", "needs_review", "reviewed"]),
+              help="Only documents in this state (repeatable; default: all three).")
+@click.option("-o", "--output", "destination", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Write the CSV to this file (default: standard output).")
+@click.pass_obj
+def results(cfg: PaperloopConfig, pairs: bool, states: tuple[str, ...], destination: Path | None) -> None:
+    """The processed documents' fields (one row per document) or key-value pairs, as CSV; a reviewed
+    document gives what its reviewer saved."""
+    from service.results_export import RESULT_STATES, ResultsExportError, write_results_csv
+
+    chosen = states or tuple(str(state) for state in RESULT_STATES)
+    try:
+        if destination is None:
+            count = write_results_csv(cfg, _store(cfg), sys.stdout, pairs, chosen)
+        else:
+            with destination.open("w", encoding="utf-8", newline="") as out:
+                count = write_results_csv(cfg, _store(cfg), out, pairs, chosen)
+    except (ResultsExportError, OSError) as exc:
+        raise click.ClickException(str(exc)) from exc
+    click.echo(f"{count} rows", err=True)
+
+
 @cli.group()
 def models() -> None:
     """Inspect and manage the model registry."""

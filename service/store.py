@@ -19,7 +19,7 @@ from datetime import datetime, timezone
 from enum import Enum
 from pathlib import Path
 from contextlib import contextmanager
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterator, Sequence
 
 import sqlite_utils
 
@@ -421,6 +421,15 @@ class Store:
         for table in ("links", "segments", "pages"):
             self.db.execute(f"DELETE FROM {table} WHERE document_id = ?", [document_id])
         self.db.execute("DELETE FROM documents WHERE id = ?", [document_id])
+
+    def document_ids(self, states: Sequence[str]) -> list[str]:
+        """Ids of the processed documents whose state is one of ``states``, in the order of their jobs."""
+        if not states:
+            return []
+        with self._lock:
+            rows = self.db.execute(f"SELECT id FROM documents WHERE state IN ({','.join('?' * len(states))}) "
+                                   "ORDER BY job_id", [str(state) for state in states]).fetchall()
+        return [row[0] for row in rows]
 
     def routing(self, document_id: str) -> dict[str, Any] | None:
         """The routing record stored with a document; ``None`` if it was processed before records
