@@ -145,17 +145,20 @@ def main() -> None:
     parser.add_argument("--models", type=Path, default=REPO / "models")
     parser.add_argument("--out", type=Path, default=REPO / "bench" / "results")
     parser.add_argument("--timeout", type=float, default=900)
+    parser.add_argument("--daemon", default="1x2,2x1,1x1",
+                        help="daemon settings WORKERSxTHREADS, comma-separated (1x1 bounds what more workers can add)")
+    parser.add_argument("--no-ray", action="store_true", help="leave out `paperloop batch` on Ray")
     args = parser.parse_args()
 
     pages = sorted(args.pages.glob("*.png"))[:args.limit]
     has_workers = "workers" in DaemonConfig.model_fields
-    settings: list[tuple[str, int | None, int, str]] = [("daemon, 1 worker x 2 threads", 1 if has_workers else None, 2,
-                                                         "serve")]
-    if has_workers:
-        settings.append(("daemon, 2 workers x 1 thread", 2, 1, "serve"))
-        # One thread alone: how well one worker uses its second thread bounds what more workers can add.
-        settings.append(("daemon, 1 worker x 1 thread", 1, 1, "serve"))
-    settings.append(("batch, local Ray 2 CPUs (2 actors x 1 thread)", None, 1, "batch"))
+    settings: list[tuple[str, int | None, int, str]] = []
+    for setting in args.daemon.split(","):
+        workers, threads = (int(n) for n in setting.split("x"))
+        if workers == 1 and threads == 2 or has_workers:
+            settings.append((_daemon_name(workers, threads), workers if has_workers else None, threads, "serve"))
+    if not args.no_ray:
+        settings.append(("batch, local Ray 2 CPUs (2 actors x 1 thread)", None, 1, "batch"))
 
     load_start = [round(v, 2) for v in os.getloadavg()]
     rows = []
@@ -177,14 +180,14 @@ def main() -> None:
     load_end = [round(v, 2) for v in os.getloadavg()]
 
     by = {row["setting"]: row for row in rows}
-    one = next(r for r in rows if r["setting"].startswith("daemon, 1"))
-    two = next((r for r in rows if r["setting"].startswith("daemon, 2")), None)
-    ray = next(r for r in rows if r["setting"].startswith("batch"))
+    one = by[_daemon_name(1, 2)]
+    two = by.get(_daemon_name(2, 1))
+    ray = next((r for r in rows if r["setting"].startswith("batch")), None)
     single = by.get("daemon, 1 worker x 1 thread")
     ceiling = _ceiling(one, single, os.cpu_count() or 1) if single else ""
     line = (f"pages/min: 1 worker {one['pages_per_minute']}, "
             f"2 workers {two['pages_per_minute'] if two else 'n/a (daemon.workers not in this version)'}, "
-            f"ray {ray['pages_per_minute']}")
+            f"ray {ray['pages_per_minute'] if ray else 'not run'}")
     machine = machine_info()
     in_service = ModelRegistry(args.models).in_service()
     report = {"date": utc_date(), "machine": machine, "versions": {**versions(), "ray": _ray_version()},
@@ -219,6 +222,10 @@ def main() -> None:
     ])
     write_results(args.out, "scale", report, page)
     print(line)
+
+
+def _daemon_name(workers: int, threads: int) -> str:
+    return f"daemon, {workers} worker{'s' if workers > 1 else ''} x {threads} thread{'s' if threads > 1 else ''}"
 
 
 def _ceiling(one: dict[str, Any], single: dict[str, Any], cores: int) -> str:
