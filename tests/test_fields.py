@@ -130,8 +130,11 @@ def test_a_single_value_field_gets_one_value_the_most_probable() -> None:
 
 def test_a_text_value_is_assembled_from_every_labelled_piece_next_to_it_in_reading_order() -> None:
     """Before: the value ran over the segments next to the seed in segment order only, so an address cut
-    into entities with another segment between them in that order (here a line far below) came out cut."""
+    into entities with another segment between them in that order (here a line far below) came out cut.
+    A line printed between two labelled ones (a registration number under the company) still separates them."""
     document = receipt([
+        line("p1-s0005", "99 SPEED MART", 0, label="address", score=0.5),  # cut off by the line below
+        line("p1-s0006", "(123-X)", 20, label="other", score=0.9),
         line("p1-s0000", "NO 5, JALAN", 40, label="address", score=0.9),
         line("p1-s0001", "GST ID: 0001", 400, label="other", score=0.9),
         line("p1-s0002", "42100 KLANG", 62, label="address", score=0.6),
@@ -159,6 +162,24 @@ def test_a_keyed_total_is_the_last_one_printed_with_its_key_not_the_one_before_r
     fill_fields(document, SCHEMA, probabilities, RECEIPT.kie.labels)
     totals = [f for f in document.fields if f.name == "total"]
     assert [(t.value, t.segments) for t in totals] == [("8.75", ["p1-s0003"])]
+
+
+def test_a_tax_summary_row_after_the_total_is_not_a_keyed_total() -> None:
+    """Before: any amount with a key anywhere to its left on its row counted as keyed, and the last keyed one
+    won, so the tax summary printed under the payment (``Total 86.00 5.16``: amount and tax) gave the tax.
+    A value is printed with its key only when no other amount stands between them or after it on its row."""
+    document = receipt([
+        line("p1-s0000", "SUBTOTAL", 280), line("p1-s0001", "86.00", 280, x=400),
+        line("p1-s0002", "GST 6%", 300), line("p1-s0003", "5.16", 300, x=400),
+        line("p1-s0004", "TOTAL", 320), line("p1-s0005", "91.16", 320, x=400),
+        line("p1-s0006", "CASH", 340), line("p1-s0007", "100.00", 340, x=400),
+        line("p1-s0008", "GST SUMMARY AMOUNT TAX", 400),
+        line("p1-s0009", "Total", 420), line("p1-s0010", "86.00", 420, x=300), line("p1-s0011", "5.16", 420, x=400),
+    ])
+    p_total = [0.0, 0.1, 0.0, 0.1, 0.0, 0.5, 0.0, 0.2, 0.0, 0.0, 0.3, 0.4]
+    probabilities = np.array([[0, 0, 0, p, 1 - p] for p in p_total])
+    fill_fields(document, SCHEMA, probabilities, RECEIPT.kie.labels)
+    assert [(f.value, f.segments) for f in document.fields if f.name == "total"] == [("91.16", ["p1-s0005"])]
 
 
 def test_a_keyed_field_without_any_printed_key_falls_back_to_ser() -> None:

@@ -3,27 +3,32 @@
 A segment is an OCR line (or, with a grouping model in service, an entity); SER gives each one a
 calibrated probability per label. For a single-value field the segment most likely to be that field
 (and, for a typed field, holding a value of its type) gives the value, parsed out of its text
-(``TOTAL RM 193.00`` → 193.00 MYR); a text field's value is continued over the adjacent lines SER
-gave the same label (an address), joined in reading order. A typed field found by a printed key
-(``found_by: key``) takes the value printed with the last of its keys on the page instead (a receipt
-prints its subtotal, tax and rounding before the total it is paid by; amounts with decimals first),
-and SER's choice only when no key is printed. A value's confidence is its SER
+(``TOTAL RM 193.00`` → 193.00 MYR). A text field's value is assembled from every segment SER gives the
+field that connects to that one on adjacent lines with nothing else printed between (a value the
+grouping cut into several entities comes out whole), its words in reading order. A typed field found
+by a printed key (``found_by: key``) scores each candidate value by SER's probability plus the key
+evidence: a value printed with one of its keys (nothing of its type between the key and it or after it
+on its row: a tax summary's ``Total 86.00 5.16`` is a table row), more for the last such one (a receipt
+prints its subtotal, tax and rounding before the total it is paid by). A value's confidence is its SER
 probability times the lowest recognition score of its lines: both calibrated per segment, and the
 field thresholds (``routing``) are then set on held-out documents.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 
 import numpy as np
 
 from service.document import BBox, Document, FieldValue, Page, Segment, Word
-from service.fields.matching import has_key, words_of_span
+from service.fields.matching import words_of_span
 from service.fields.schema import FieldsConfig, FieldSpec
-from service.fields.values import ParsedValue, parse_value
+from service.fields.values import ParsedValue, find_values, fold, parse_value
 
-MIN_PROBABILITY = 0.05  # a segment less likely than this to be a field is never its value
+MIN_PROBABILITY = 0.05  # a segment less likely than this to be a field is never its value (unless keyed)
+KEY_WEIGHT = 0.5  # what a printed key adds to SER's probability of a keyed field's value (chosen on the holdout)
+LAST_WEIGHT = 1.0  # what being the last keyed value adds (chosen on the holdout)
 
 
 def field_probabilities(document: Document, probabilities: np.ndarray | None, labels: Sequence[str],
@@ -67,18 +72,31 @@ def _near(a: Segment, b: Segment) -> bool:
     return gap_y < 1.5 * height and gap_x < 2.0 * height
 
 
+def _between(a: Segment, b: Segment, c: Segment) -> bool:
+    """Whether ``c`` stands between ``a`` and ``b`` one above the other: its middle in the gap between them,
+    its columns overlapping theirs (a registration number printed between a company and its address)."""
+    top, bottom = (a, b) if a.bbox[1] <= b.bbox[1] else (b, a)
+    height = max(_line_height(a), _line_height(b))
+    middle = (c.bbox[1] + c.bbox[3]) / 2
+    columns = min(c.bbox[2], a.bbox[2], b.bbox[2]) - max(c.bbox[0], min(a.bbox[0], b.bbox[0])) > 0
+    return top.bbox[3] - 0.25 * height <= middle <= bottom.bbox[1] + 0.25 * height and columns
+
+
 def _text_run(document: Document, seed: int, name: str, probabilities: Sequence[float]) -> list[Segment]:
     """The seed segment and every segment of its page that SER finds more likely to be ``name`` than not
     (its label, or a probability of at least one half) and that is connected to the seed through such
-    segments on adjacent lines: a value cut into several entities or lines comes out whole."""
+    segments on adjacent lines with nothing else printed between them: a value cut into several
+    entities or lines comes out whole."""
     segments, page_of = document.segments, _page_of(document)
     page = page_of[segments[seed].id]
-    members = [k for k, s in enumerate(segments)
-               if k != seed and page_of[s.id] is page and (s.label == name or probabilities[k] >= 0.5)]
+    on_page = [k for k, s in enumerate(segments) if page_of[s.id] is page]
+    members = {k for k in on_page if k != seed and (segments[k].label == name or probabilities[k] >= 0.5)}
+    others = [segments[k] for k in on_page if k != seed and k not in members]
     run, frontier = [seed], [seed]
     while frontier:
-        current = segments[frontier.pop()]
-        joined = [k for k in members if k not in run and (_near(current, segments[k]) or _near(segments[k], current))]
+        a = segments[frontier.pop()]
+        joined = [k for k in sorted(members - set(run)) if (_near(a, segments[k]) or _near(segments[k], a))
+                  and not any(_between(a, segments[k], c) for c in others)]
         run += joined
         frontier += joined
     return [segments[k] for k in run]
@@ -134,16 +152,56 @@ def _value_at(document: Document, spec: FieldSpec, cfg: FieldsConfig, index: int
     return _typed_value(document, spec, cfg, index, probabilities[index])
 
 
-def last_keyed(document: Document, spec: FieldSpec, cfg: FieldsConfig) -> int | None:
-    """The segment, last in reading order, whose value of the field's type is printed after one of its keys
-    (in the segment or to its left on its row); amounts printed with decimals before whole numbers
-    (``TOTAL QTY 3`` under ``TOTAL 8.70``). ``None`` when no key is printed with a value."""
-    found: list[tuple[bool, int]] = []
+def _row(document: Document, segment: Segment) -> tuple[list[Segment], list[Segment]]:
+    """The segments on ``segment``'s row to its left and to its right, each in left-to-right order."""
+    x0, y0, x1, y1 = segment.bbox
+    left, right = [], []
+    for other in document.segments:
+        ox0, oy0, ox1, oy1 = other.bbox
+        if other is segment or min(y1, oy1) - max(y0, oy0) <= 0.5 * min(y1 - y0, oy1 - oy0):
+            continue
+        if ox1 <= x0 + 5:
+            left.append(other)
+        elif ox0 >= x1 - 5:
+            right.append(other)
+    return sorted(left, key=lambda o: o.bbox[0]), sorted(right, key=lambda o: o.bbox[0])
+
+
+def printed_with_key(document: Document, segment: Segment, parsed: ParsedValue, spec: FieldSpec, cfg: FieldsConfig) -> bool:
+    """Whether the value ``parsed`` out of ``segment``'s text is the one printed with one of the field's keys:
+    a key precedes it (in the segment, or in the segments to its left on its row), no other value of the
+    field's type stands between them or after it on its row (``Total 94.34 5.66``, a tax summary's row,
+    is a table, not a total) and, for an amount, it has decimals (``TOTAL QTY 3`` is no total)."""
+    left, right = _row(document, segment)
+    folded = fold(" ".join([*(o.text for o in left), segment.text[:parsed.start]]))
+    ends = [m.end() for key in spec.keys for m in re.finditer(rf"(?<![a-z]){re.escape(fold(key))}(?![a-z])", folded)]
+    after = " ".join([segment.text[parsed.end:], *(o.text for o in right)])
+    if not ends or find_values(spec, folded[max(ends):], cfg) or find_values(spec, after, cfg):
+        return False
+    return spec.type != "amount" or _has_decimals(segment.text[parsed.start:parsed.end])
+
+
+def keyed_choice(document: Document, spec: FieldSpec, cfg: FieldsConfig, probabilities: Sequence[float],
+                 key_weight: float | None = None, last_weight: float | None = None) -> int | None:
+    """The segment holding the field's value by SER's probability and the printed keys together: each
+    segment with a value of the field's type scores its SER probability, plus ``key_weight`` when the
+    value is printed with one of the field's keys (:func:`printed_with_key`), plus ``last_weight`` for the
+    last such one in reading order (a receipt prints its subtotal, tax and rounding before the total it is
+    paid by). A keyed candidate is never ruled out by a low probability: a printed key is evidence of its
+    own. ``None`` when no segment holds such a value."""
+    key_weight = KEY_WEIGHT if key_weight is None else key_weight
+    last_weight = LAST_WEIGHT if last_weight is None else last_weight
+    candidates: list[tuple[int, bool]] = []
     for index, segment in enumerate(document.segments):
         parsed = parse_value(spec, segment.text, cfg)
-        if parsed is not None and has_key(document, segment, parsed.start, spec.keys):
-            found.append((spec.type == "amount" and _has_decimals(segment.text[parsed.start:parsed.end]), index))
-    return max(found)[1] if found else None
+        if parsed is None:
+            continue
+        keyed = printed_with_key(document, segment, parsed, spec, cfg)
+        if keyed or probabilities[index] >= MIN_PROBABILITY:
+            candidates.append((index, keyed))
+    last = max((index for index, keyed in candidates if keyed), default=None)
+    scored = [(probabilities[i] + key_weight * keyed + last_weight * (i == last), i) for i, keyed in candidates]
+    return max(scored)[1] if scored else None
 
 
 def _has_decimals(raw: str) -> bool:
@@ -154,9 +212,8 @@ def field_values(document: Document, spec: FieldSpec, cfg: FieldsConfig, probabi
     """The values of one field: the most probable one (for a typed field found by a key, the last keyed
     one), or for ``multiple`` every segment labelled with it."""
     if not spec.multiple and spec.found_by == "key" and spec.type != "text":
-        keyed = last_keyed(document, spec, cfg)
-        if keyed is not None and (value := _value_at(document, spec, cfg, keyed, probabilities)) is not None:
-            return [value]
+        keyed = keyed_choice(document, spec, cfg, probabilities)
+        return [] if keyed is None else [v for v in [_typed_value(document, spec, cfg, keyed, probabilities[keyed])] if v]
     order = sorted(range(len(probabilities)), key=lambda i: -probabilities[i])
     if spec.multiple:
         chosen = [i for i in sorted(order) if document.segments[i].label == spec.name]
