@@ -215,8 +215,8 @@ def round_lines(report: dict[str, Any]) -> list[str]:
     if report["kie_round"]:
         lines += ["", f"Then `run_learning_job(tasks=[group, ser], force=True)` ({report['kie_round'][0]['seconds']:.0f} s): "
                   "both retrained on the train receipts as the new rec reads them (service view), gated on the "
-                  "holdout (the KIE gate reads the holdout's gold text, which for bootstrapped documents is the base "
-                  "recognizer's reading, so a candidate trained on the new rec's reading is judged on the old one). "
+                  "holdout as the new rec reads it (the KIE gate re-reads a gold page labelled on another rec's "
+                  "reading: `service.kie.service_view.as_read_in_service`). "
                   "Then `paperloop fields calibrate` with the new rec in service:", "", "```",
                   rec.get("calibration", "").strip(), "```", ""]
     return lines
