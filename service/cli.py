@@ -116,7 +116,7 @@ def status(cfg: PaperloopConfig, as_json: bool) -> None:
         click.echo(f"  {state:<13}{count}")
     click.echo("models in service:")
     for task, version in models.items():
-        click.echo(f"  {task:<5}{version or '(none)'}")
+        click.echo(f"  {task:<6}{version or '(none)'}")
     if models.get("ser") is None:
         click.echo("note: no SER/RE model trained yet (`paperloop train ser`); documents get OCR only")
     elif models.get("re") is None:
