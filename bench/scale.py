@@ -12,7 +12,10 @@ finish times in SQLite:
 - peak RSS: the largest resident set of one process, and of the whole process tree (sampled every 0.2 s).
 
 The ``daemon.workers`` settings are measured only where the config has that key (parallel workers,
-issue 14 part 1). Run it niced: ``nice .venv/bin/python bench/scale.py``.
+issue 14 part 1). The machine this was built on is shared and drifts by 10-30 % between minutes, so
+``--repeat R`` runs all settings R times, interleaved: each figure is the median over the rounds, and a
+speed-up is the median of each round's own ratio to 1 worker × 2 threads. Run it niced:
+``nice .venv/bin/python bench/scale.py --repeat 3``.
 """
 
 from __future__ import annotations
@@ -148,6 +151,9 @@ def main() -> None:
     parser.add_argument("--daemon", default="1x2,2x1,1x1",
                         help="daemon settings WORKERSxTHREADS, comma-separated (1x1 bounds what more workers can add)")
     parser.add_argument("--no-ray", action="store_true", help="leave out `paperloop batch` on Ray")
+    parser.add_argument("--repeat", type=int, default=1,
+                        help="rounds of all settings, interleaved; each figure is the median over the rounds and "
+                             "the speed-ups are medians of each round's own ratios (a shared machine drifts)")
     args = parser.parse_args()
 
     pages = sorted(args.pages.glob("*.png"))[:args.limit]
@@ -161,25 +167,18 @@ def main() -> None:
         settings.append(("batch, local Ray 2 CPUs (2 actors x 1 thread)", None, 1, "batch"))
 
     load_start = [round(v, 2) for v in os.getloadavg()]
-    rows = []
-    for name, workers, threads, mode in settings:
-        root = Path(tempfile.mkdtemp(prefix="paperloop-scale-"))
-        try:
-            config = _config(root, args.models.resolve(), workers, threads)
-            folder = root / ("inbox" if mode == "serve" else "backlog")
-            folder.mkdir(parents=True)
-            for page in pages:
-                shutil.copy2(page, folder / page.name)
-            command = [str(PAPERLOOP), "--config", str(config), "serve"] if mode == "serve" else [
-                str(PAPERLOOP), "--config", str(config), "batch", str(folder), "--num-cpus", "2", "--no-progress"]
-            print(f"{name} ...", file=sys.stderr, flush=True)
-            rows.append(run_setting(name, command, root, len(pages), args.timeout))
-            print(rows[-1], file=sys.stderr, flush=True)
-        finally:
-            shutil.rmtree(root, ignore_errors=True)
+    runs = []
+    for round_number in range(1, args.repeat + 1):
+        for name, workers, threads, mode in settings:
+            print(f"round {round_number}: {name} ...", file=sys.stderr, flush=True)
+            run = _run_once(name, workers, threads, mode, pages, args)
+            runs.append({"round": round_number, **run})
+            print(runs[-1], file=sys.stderr, flush=True)
     load_end = [round(v, 2) for v in os.getloadavg()]
 
+    rows = [_median_row([r for r in runs if r["setting"] == name]) for name, *_ in settings]
     by = {row["setting"]: row for row in rows}
+    speedups = _speedups(runs, _daemon_name(1, 2))
     one = by[_daemon_name(1, 2)]
     two = by.get(_daemon_name(2, 1))
     ray = next((r for r in rows if r["setting"].startswith("batch")), None)
@@ -192,8 +191,9 @@ def main() -> None:
     in_service = ModelRegistry(args.models).in_service()
     report = {"date": utc_date(), "machine": machine, "versions": {**versions(), "ray": _ray_version()},
               "pages": [p.name for p in pages], "models": str(args.models), "in_service": in_service, "load_average_start": load_start,
-              "load_average_end": load_end, "results": rows, "summary": line}
-    columns = ["pages_per_minute", "wall_pages_per_minute", "wall_seconds", "startup_seconds", "median_gap_seconds",
+              "load_average_end": load_end, "rounds": args.repeat, "results": rows, "runs": runs,
+              "speedup_over_one_worker": speedups, "summary": line}
+    columns = ["pages_per_minute", "pages_per_minute_range", "wall_pages_per_minute", "wall_seconds", "startup_seconds", "median_gap_seconds",
                "peak_rss_mib_one_process", "peak_rss_mib_all_processes", "processes"]
     table = ["| setting | " + " | ".join(columns) + " |", "|---" * (len(columns) + 1) + "|"]
     table += [f"| {name} | " + " | ".join(str(by[name][c]) for c in columns) + " |" for name in by]
@@ -212,8 +212,12 @@ def main() -> None:
         "`paperloop batch` on a folder of them); pages/min = (N - 1) / (last finish - first finish) from the jobs' "
         "finish times; start-up = launch to first finished page less one steady page; peak RSS sampled every 0.2 s "
         "over the process tree (Ray: driver, GCS, raylet, workers)",
+        f"- rounds: {args.repeat}, the settings interleaved in each; a figure is the median over the rounds"
+        if args.repeat > 1 else "- rounds: 1",
         "",
         *table,
+        "",
+        _speedup_text(speedups, args.repeat),
         "",
         ceiling,
         "",
@@ -222,6 +226,50 @@ def main() -> None:
     ])
     write_results(args.out, "scale", report, page)
     print(line)
+
+
+def _run_once(name: str, workers: int | None, threads: int, mode: str, pages: list[Path],
+              args: argparse.Namespace) -> dict[str, Any]:
+    """One setting on a fresh root holding copies of ``pages``."""
+    root = Path(tempfile.mkdtemp(prefix="paperloop-scale-"))
+    try:
+        config = _config(root, args.models.resolve(), workers, threads)
+        folder = root / ("inbox" if mode == "serve" else "backlog")
+        folder.mkdir(parents=True)
+        for page in pages:
+            shutil.copy2(page, folder / page.name)
+        command = [str(PAPERLOOP), "--config", str(config), "serve"] if mode == "serve" else [
+            str(PAPERLOOP), "--config", str(config), "batch", str(folder), "--num-cpus", "2", "--no-progress"]
+        return run_setting(name, command, root, len(pages), args.timeout)
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def _median_row(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """One setting's runs as one row: the median of each figure (and the spread of pages/min)."""
+    row: dict[str, Any] = {"setting": runs[0]["setting"], "pages": runs[0]["pages"]}
+    for key, value in runs[0].items():
+        if isinstance(value, (int, float)) and key not in ("round", "pages"):
+            row[key] = round(statistics.median(r[key] for r in runs), 3 if key == "median_gap_seconds" else 1)
+    rates = [r["pages_per_minute"] for r in runs]
+    row["pages_per_minute_range"] = f"{min(rates)}–{max(rates)}" if len(rates) > 1 else str(rates[0])
+    return row
+
+
+def _speedups(runs: list[dict[str, Any]], baseline: str) -> dict[str, float]:
+    """Each setting's pages/min over the baseline's in the same round, median over the rounds."""
+    ratios: dict[str, list[float]] = {}
+    for round_number in sorted({r["round"] for r in runs}):
+        in_round = {r["setting"]: r["pages_per_minute"] for r in runs if r["round"] == round_number}
+        for name, rate in in_round.items():
+            ratios.setdefault(name, []).append(rate / in_round[baseline])
+    return {name: round(statistics.median(values), 2) for name, values in ratios.items() if name != baseline}
+
+
+def _speedup_text(speedups: dict[str, float], rounds: int) -> str:
+    how = f"median of {rounds} rounds' own ratios" if rounds > 1 else "one round"
+    return "Speed-up over 1 worker x 2 threads (" + how + "): " + ", ".join(
+        f"{name} {ratio:.2f}×" for name, ratio in speedups.items()) + "."
 
 
 def _daemon_name(workers: int, threads: int) -> str:

@@ -7,14 +7,18 @@ import threading
 from pathlib import Path
 
 import cv2
+import numpy as np
 import pytest
 from PIL import Image
 
-from service.config import PaperloopConfig
+from service.config import PaperloopConfig, RecConfig
 from service.document import Document
 from service.evaluation import evaluate_page, recognition_scores
 from service.funsd import load_gt_lines
 from service.ocr import OcrEngine
+from service.ocr.engine import Predictor
+from service.ocr.recognizer import TextRecognizer, load_charset_from_list
+from service.registry import ModelRegistry
 from service.pipeline import DocumentPipeline
 
 from conftest import FUNSD_ROOT, write_pdf
@@ -85,3 +89,18 @@ def test_engine_gives_the_same_result_on_another_thread(ocr_engine: OcrEngine, p
     worker.start()
     worker.join()
     assert there == here
+
+
+@pytest.mark.parametrize(("threads", "expected_batches"), [(1, 2), (2, 1)])
+def test_rec_batches_are_sized_to_the_threads_that_run_them(
+    models_dir: Path, threads: int, expected_batches: int
+) -> None:
+    # One thread has one core's cache: 1,600 px of padded width, five 320 px crops; two threads 3,200 px.
+    registry = ModelRegistry(models_dir)
+    version, rec_dir = registry.current_dir("rec")
+    charset = load_charset_from_list(registry.inference_config("rec", version)["PostProcess"]["character_dict"])
+    recognizer = TextRecognizer(Predictor(rec_dir, threads=threads), charset, RecConfig())
+    crops = [np.full((48, 320, 3), 255, np.uint8) for _ in range(8)]
+    assert len(recognizer._batches(crops)) == expected_batches
+    assert RecConfig(batch_width_budget=640).width_budget(threads) == 640
+

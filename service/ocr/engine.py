@@ -55,6 +55,11 @@ class Predictor:
         self._local = threading.local()
         self._local.predictor = self._create()
 
+    @property
+    def threads(self) -> int:
+        """The CPU math threads each inference uses."""
+        return self._threads
+
     def _create(self) -> Any:
         program, params = self._files
         config = inference.Config(str(program), str(params))

@@ -142,6 +142,7 @@ class TextRecognizer:
         self._predictor = predictor
         self._charset = charset
         self._cfg = cfg
+        self._width_budget = cfg.width_budget(predictor.threads)
 
     def __call__(self, crops: list[np.ndarray]) -> list[RecognizedText]:
         """Recognize crops (HWC uint8 BGR); the result is in the order of the input."""
@@ -158,8 +159,9 @@ class TextRecognizer:
         """Group crop indices into batches of similar width within the size and width budgets.
 
         Sorting by aspect ratio keeps padding small. The width budget matters on the CPU: a batch
-        wider than about 3,200 padded pixels in total falls out of cache and gets slower per crop
-        (measured: 6 ms/crop at 8×320 px, 84 ms/crop at 16×1280 px).
+        wider than its cores' cache holds gets slower per crop (measured with 2 threads: 6 ms/crop at
+        8×320 px, 84 ms/crop at 16×1280 px), so it grows with the predictor's threads
+        (:meth:`RecConfig.width_budget`).
         """
         cfg = self._cfg
         widths = [
@@ -169,7 +171,7 @@ class TextRecognizer:
         batches: list[list[int]] = []
         for i in sorted(range(len(crops)), key=widths.__getitem__):
             current = batches[-1] if batches else None
-            if current and len(current) < cfg.batch_size and (len(current) + 1) * widths[i] <= cfg.batch_width_budget:
+            if current and len(current) < cfg.batch_size and (len(current) + 1) * widths[i] <= self._width_budget:
                 current.append(i)
             else:
                 batches.append([i])
