@@ -249,7 +249,9 @@ def _median_row(runs: list[dict[str, Any]]) -> dict[str, Any]:
     """One setting's runs as one row: the median of each figure (and the spread of pages/min)."""
     row: dict[str, Any] = {"setting": runs[0]["setting"], "pages": runs[0]["pages"]}
     for key, value in runs[0].items():
-        if isinstance(value, (int, float)) and key not in ("round", "pages"):
+        if isinstance(value, int) and key not in ("round", "pages"):
+            row[key] = statistics.median_low(r[key] for r in runs)  # a count or MiB: one of the runs' own
+        elif isinstance(value, float):
             row[key] = round(statistics.median(r[key] for r in runs), 3 if key == "median_gap_seconds" else 1)
     rates = [r["pages_per_minute"] for r in runs]
     row["pages_per_minute_range"] = f"{min(rates)}–{max(rates)}" if len(rates) > 1 else str(rates[0])
