@@ -103,4 +103,3 @@ def test_rec_batches_are_sized_to_the_threads_that_run_them(
     crops = [np.full((48, 320, 3), 255, np.uint8) for _ in range(8)]
     assert len(recognizer._batches(crops)) == expected_batches
     assert RecConfig(batch_width_budget=640).width_budget(threads) == 640
-
