@@ -25,8 +25,10 @@ from service.finetune.rec_model import (
 )
 from service.finetune.rec_train import (
     FinetuneSettings,
+    FrozenBackbone,
     LabelEncoder,
     RecSample,
+    ctc_losses,
     export_rec,
     finetune_rec,
     load_charset,
@@ -224,3 +226,46 @@ def test_unchanged_weights_export_to_the_base_model(base_dir: Path, page_batches
     batch = page_batches[0]
     assert np.array_equal(Predictor(out)(batch), Predictor(base_dir)(batch))
     assert parity(out, batch) <= PARITY_TOLERANCE  # the helper: fresh model from the folder vs Predictor
+
+
+@pytest.mark.slow
+def test_the_model_after_epoch_n_is_the_model_an_n_epoch_run_makes(base_dir: Path) -> None:
+    """bench/rec_finetune.py reads every epoch of one run as if each were a run of its own."""
+    samples = _gt_line_samples(8)
+    encoder = LabelEncoder(load_charset(base_dir))
+    settings = dict(batch_size=4, learning_rate=1e-4)
+    one_epoch = load_rec_model(base_dir)
+    finetune_rec(one_epoch, samples, encoder, FinetuneSettings(epochs=1, **settings))
+    longer, seen, after_first = load_rec_model(base_dir), [], {}
+
+    def on_epoch(epoch: int) -> None:
+        seen.append(epoch)
+        if epoch == 1:
+            after_first.update({k: v.numpy().copy() for k, v in longer.state_dict().items()})
+
+    report = finetune_rec(longer, samples, encoder, FinetuneSettings(epochs=3, **settings), on_epoch=on_epoch)
+    assert seen == [1, 2, 3] and report.steps == 6
+    expected = one_epoch.state_dict()
+    assert all(np.allclose(expected[k].numpy(), v, atol=1e-6) for k, v in after_first.items())
+    assert not np.allclose(longer.state_dict()["head.weight"].numpy(), after_first["head.weight"])
+
+
+@pytest.mark.slow
+def test_the_compiled_frozen_backbone_gives_the_dygraph_losses(base_dir: Path) -> None:
+    """Training a frozen backbone runs it compiled; the CTC losses must be the ones dygraph computes."""
+    samples = _gt_line_samples(6)
+    encoder = LabelEncoder(load_charset(base_dir))
+    model = load_rec_model(base_dir)
+    batch = make_batch(samples, encoder, RecConfig())
+    backbone = FrozenBackbone(model, threads=1)
+    try:
+        with paddle.no_grad():
+            reference = model.backbone(paddle.to_tensor(batch.images)).numpy()
+            compiled = backbone(batch.images)
+            losses = ctc_losses(model, batch, backbone).numpy()
+            expected = ctc_losses(model, batch).numpy()
+    finally:
+        backbone.close()
+    assert compiled.shape == reference.shape
+    assert np.abs(compiled - reference).max() < 1e-2 * np.abs(reference).max()
+    assert np.allclose(losses, expected, rtol=1e-2, atol=1e-2), (losses, expected)

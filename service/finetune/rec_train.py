@@ -18,7 +18,9 @@ original combined format and parameter names, so the oneDNN old-IR path of
 from __future__ import annotations
 
 import math
+import os
 import random
+import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -99,9 +101,47 @@ def make_batch(samples: Sequence[RecSample], encoder: LabelEncoder, cfg: RecConf
     return Batch(images=images, labels=labels, label_lengths=np.array([len(e) for e in encoded], dtype=np.int64))
 
 
-def ctc_losses(model: PPOCRv4RecModel, batch: Batch) -> paddle.Tensor:
-    """Per-sample CTC loss (negative log-likelihood of the text) of ``model`` on ``batch``."""
-    logits = model(paddle.to_tensor(batch.images))  # N×T×C
+class FrozenBackbone:
+    """The model's backbone, frozen, run as a compiled inference program (oneDNN, fused BatchNorm).
+
+    With the backbone frozen (the default: the CTC branch detaches it) its forward pass is all it
+    does in training, and in dygraph it was 85 % of a training step on the CPU; compiled it runs
+    about five times faster, with the features inference sees (within 1e-3 of dygraph's). Build
+    it after the backbone's weights are final: it holds a copy of them.
+    """
+
+    def __init__(self, model: PPOCRv4RecModel, threads: int | None = None) -> None:
+        from paddle.static import InputSpec
+
+        from service.ocr.engine import Predictor
+        from service.paddle_noise import quiet_export
+
+        self._scratch = tempfile.TemporaryDirectory(prefix="paperloop-rec-backbone-")
+        with eval_mode(model), quiet_export():
+            paddle.jit.save(model.backbone, str(Path(self._scratch.name) / "inference"),
+                            input_spec=[InputSpec([None, 3, None, None], "float32", "x")])
+        threads = threads or len(os.sched_getaffinity(0))
+        self._predictor = Predictor(Path(self._scratch.name), threads, use_mkldnn=True)
+
+    def __call__(self, images: np.ndarray) -> np.ndarray:
+        """Features N×C×1×(W/8) of an N×3×48×W batch."""
+        return self._predictor(images)
+
+    def close(self) -> None:
+        """Remove the compiled program's files."""
+        self._scratch.cleanup()
+
+
+def ctc_losses(model: PPOCRv4RecModel, batch: Batch, backbone: FrozenBackbone | None = None) -> paddle.Tensor:
+    """Per-sample CTC loss (negative log-likelihood of the text) of ``model`` on ``batch``.
+
+    With ``backbone`` (the model's own backbone, frozen and compiled) the visual features come from
+    it and only the neck and head run in dygraph.
+    """
+    if backbone is None:
+        logits = model(paddle.to_tensor(batch.images))  # N×T×C
+    else:
+        logits = model.head(model.neck(paddle.to_tensor(backbone(batch.images))))
     steps = logits.shape[1]
     return F.ctc_loss(
         logits.transpose([1, 0, 2]),  # T×N×C, unnormalized: ctc_loss applies the softmax
@@ -179,11 +219,13 @@ class FinetuneReport:
 
 def finetune_rec(model: PPOCRv4RecModel, samples: Sequence[RecSample], encoder: LabelEncoder,
                  settings: FinetuneSettings | None = None, cfg: RecConfig | None = None,
-                 on_step: Callable[[int, float], None] | None = None) -> FinetuneReport:
+                 on_step: Callable[[int, float], None] | None = None,
+                 on_epoch: Callable[[int], None] | None = None) -> FinetuneReport:
     """Fine-tune ``model`` in place with Adam on CTC loss, BatchNorm statistics frozen.
 
     Samples with no known character, or a text too long for their crop, are skipped (counted in
-    the report). The model is left in eval mode.
+    the report). ``on_epoch(n)`` is called after the n-th epoch (the learning rate is constant, so
+    the model then is what an ``n``-epoch run would have made). The model is left in eval mode.
     """
     settings = settings or FinetuneSettings()
     cfg = cfg or RecConfig()
@@ -207,12 +249,13 @@ def finetune_rec(model: PPOCRv4RecModel, samples: Sequence[RecSample], encoder: 
         grad_clip=paddle.nn.ClipGradByGlobalNorm(settings.clip_norm) if settings.clip_norm else None,
     )
     started = time.perf_counter()
+    backbone = None if settings.train_backbone else FrozenBackbone(model)
     model.train()
     model.freeze_batchnorm()
     try:
-        for _ in range(settings.epochs):
+        for epoch in range(1, settings.epochs + 1):
             for group in _batches(usable, cfg, settings.batch_size, rng):
-                loss = ctc_losses(model, make_batch([usable[i] for i in group], encoder, cfg)).mean()
+                loss = ctc_losses(model, make_batch([usable[i] for i in group], encoder, cfg), backbone).mean()
                 loss.backward()
                 optimizer.step()
                 optimizer.clear_grad()
@@ -220,7 +263,11 @@ def finetune_rec(model: PPOCRv4RecModel, samples: Sequence[RecSample], encoder: 
                 report.step_losses.append(float(loss))
                 if on_step is not None:
                     on_step(report.steps, report.step_losses[-1])
+            if on_epoch is not None:
+                on_epoch(epoch)
     finally:
+        if backbone is not None:
+            backbone.close()
         for p in frozen:
             p.stop_gradient = False
         model.neck.guide = guide

@@ -22,20 +22,24 @@ from service.finetune.rec_model import load_rec_model
 from service.finetune.rec_train import FinetuneSettings, LabelEncoder, RecSample, export_rec, finetune_rec, load_charset
 from service.ocr.engine import Predictor
 from service.ocr.recognizer import TextRecognizer, crop_quad, load_charset_from_list
-from service.ocr_learning.pages import gold_pages
+from service.ocr_learning.pages import GoldPage, gold_pages
 from service.ocr_learning.synthetic import synthetic_samples
 from service.registry import ModelCard, ModelRegistry
 
 
+def page_line_samples(page: GoldPage) -> list[RecSample]:
+    """(crop, text) for every segment of ``page`` with text, whitespace folded."""
+    samples = []
+    for segment, polygon in zip(page.segments, page.polygons()):
+        text = " ".join(segment.text.split())
+        if text:
+            samples.append(RecSample(crop_quad(page.image, polygon), text))
+    return samples
+
+
 def line_samples(documents: list[Document], data_dir: Path) -> list[RecSample]:
     """(crop, text) for every gold segment with text whose page image can be read."""
-    samples = []
-    for page in gold_pages(documents, data_dir):
-        for segment, polygon in zip(page.segments, page.polygons()):
-            text = " ".join(segment.text.split())
-            if text:
-                samples.append(RecSample(crop_quad(page.image, polygon), text))
-    return samples
+    return [sample for page in gold_pages(documents, data_dir) for sample in page_line_samples(page)]
 
 
 def rec_metrics(cfg: PaperloopConfig, registry: ModelRegistry, version: str, samples: list[RecSample]) -> dict[str, float]:
