@@ -12,10 +12,10 @@ Both slices lie inside the forms ``bench/loop.py`` treats as reviewed documents;
 (the last 10 training forms) and the 50 test forms are never read. Differences to the learning job's
 default are given with a paired bootstrap over the validation lines.
 
-Usage, from the project root (one command writes ``bench/results/rec_finetune.{json,md}``)::
+Usage, from the project root (one command writes ``bench/results/rec_finetune.{json,md}``, or ``NAME.*``)::
 
     nice -n 19 .venv/bin/python bench/rec_finetune.py [--train 0:40] [--validation 100:139]
-        [--settings 1e-4:3:neck,3e-4:3:neck,...] [--quick] [--out DIR]
+        [--settings 1e-4:3:neck,3e-4:3:neck,...] [--quick] [--out DIR] [--name NAME]
 
 A setting is ``learning_rate:epochs:layers`` with layers ``neck`` (neck and CTC head train, the
 backbone is frozen: the job's default) or ``all``. ``--quick`` is a smoke run (2 + 2 forms, one
@@ -241,7 +241,7 @@ def markdown(report: dict[str, Any]) -> str:
         f"{report['synthetic_lines']} synthetic), validated on forms {held[0]}:{held[1]} "
         f"({report['validation_lines']} gold line crops). Both lie inside the forms `bench/loop.py` uses as "
         f"reviewed documents; its frozen holdout (forms {holdout[0]}:{holdout[1]}) and the 50 test forms are "
-        "not read. Form names are in `rec_finetune.json`.", "",
+        f"not read. Form names are in `{report.get('name', 'rec_finetune')}.json`.", "",
         "A setting is `learning_rate:epochs:layers` (`neck`: the backbone frozen, the job's default; `all`: the "
         "backbone trains too). Every setting starts from the shipped weights; each row is the model after that "
         "epoch of one run (constant rate, so it is the model an n-epoch run makes). Line accuracy: exact, spaces "
@@ -260,14 +260,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--settings", default=",".join(default_grid()), help="comma-separated settings")
     parser.add_argument("--quick", action="store_true", help="smoke run: 2 + 2 forms, one epoch, temporary output")
     parser.add_argument("--out", type=Path, default=None, help="results folder (default bench/results)")
+    parser.add_argument("--name", default="rec_finetune", help="results file name (NAME.json / NAME.md)")
     args = parser.parse_args(argv)
     if args.quick:
         args.train, args.validation, args.settings = (0, 2), (2, 4), f"{default_setting(1)},1e-4:1:all"
     out = args.out or (Path(tempfile.mkdtemp(prefix="paperloop-rec-quick-")) if args.quick
                        else PROJECT_ROOT / "bench/results")
     check_slices(args.train, args.validation)
-    report = run(args.train, args.validation, args.settings.split(","))
-    write_results(out, "rec_finetune", report, markdown(report))
+    report = {**run(args.train, args.validation, args.settings.split(",")), "name": args.name}
+    write_results(out, args.name, report, markdown(report))
     print(f"written to {out}")
     return 0
 
