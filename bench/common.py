@@ -56,3 +56,9 @@ def write_results(out_dir: Path, name: str, report: dict[str, Any], page: str) -
     (out_dir / f"{name}.json").write_text(json.dumps(report, indent=2))
     (out_dir / f"{name}.md").write_text(page)
     print(page)
+
+
+def report_header(title: str, report: dict[str, Any]) -> list[str]:
+    """A results page's first lines: its title, then the date, machine and versions of ``report``."""
+    return [f"# {title}", "", f"Date: {report['date']}  ", f"Machine: {report['machine']}  ",
+            f"Versions: {report['versions']}  "]

@@ -48,7 +48,7 @@ import cv2  # noqa: E402
 import numpy as np  # noqa: E402
 import paddle  # noqa: E402
 
-from bench.common import machine_info, utc_date, versions, write_results  # noqa: E402
+from bench.common import machine_info, report_header, utc_date, versions, write_results  # noqa: E402
 from bench.loop import HOLDOUT_FORMS, TRAIN_FORMS  # noqa: E402
 from service.base_models import install_base_models  # noqa: E402
 from service.config import SHIPPED_DET_POSTPROCESS, LearningConfig, PaperloopConfig  # noqa: E402
@@ -233,7 +233,8 @@ def run(train: tuple[int, int], validation: tuple[int, int], settings: list[str]
             "rows": rows}
 
 
-def _interval(d: dict[str, float] | None) -> str:
+def interval_text(d: dict[str, float] | None) -> str:
+    """A paired difference as ``+0.0123 [+0.0010, +0.0250]`` (— when there is none)."""
     return "—" if d is None else f"{d['delta']:+.4f} [{d['low']:+.4f}, {d['high']:+.4f}]"
 
 
@@ -256,7 +257,7 @@ def reading(report: dict[str, Any]) -> list[str]:
     lines = [f"The learning job's default ({default}, i.e. `learning.det_steps` / `det_learning_rate` with the "
              f"matched shrink {report['matched_shrink_ratio']}): validation Hmean {reference['validation']['hmean']} "
              f"against {shipped['validation']['hmean']} for the shipped weights "
-             f"(difference {_interval(reference['vs_shipped'])}: "
+             f"(difference {interval_text(reference['vs_shipped'])}: "
              + _verdict(reference["vs_shipped"], "fine-tuning with it helps", "fine-tuning with it hurts") + ")."]
     if best is reference:
         lines.append("It is the best setting of the grid on the validation slice.")
@@ -265,7 +266,7 @@ def reading(report: dict[str, Any]) -> list[str]:
         clear = d["low"] > 0
         name = "the shipped weights (no fine-tuning)" if best is shipped else best["setting"]
         lines.append(f"Best on the validation slice: {name} with Hmean {best['validation']['hmean']}, "
-                     f"{_interval(d)} against the default; "
+                     f"{interval_text(d)} against the default; "
                      + ("the interval excludes 0, so it wins clearly on this slice."
                         if clear else "the interval includes 0, so the default is within noise of the best."))
     return [" ".join(lines)]
@@ -284,12 +285,11 @@ def markdown(report: dict[str, Any]) -> str:
         name += " (**learning default**)" if row["setting"] == default else ""
         per_seed = " / ".join(str(run_["validation"]["hmean"]) for run_ in row.get("seeds", [])) or "—"
         lines.append(f"| {name} | {v['precision']} / {v['recall']} / **{v['hmean']}** | {per_seed} | "
-                     f"{_interval(row.get('vs_default'))} | {_interval(row.get('vs_shipped'))} | "
+                     f"{interval_text(row.get('vs_default'))} | {interval_text(row.get('vs_shipped'))} | "
                      f"{t['precision']} / {t['recall']} / {t['hmean']} | {loss} | {row.get('seconds', '—')} |")
     train, held, holdout = report["train_slice"], report["validation_slice"], report["loop_holdout_slice"]
     return "\n".join([
-        "# Detection weight fine-tuning on FUNSD (settings study)", "",
-        f"Date: {report['date']}  ", f"Machine: {report['machine']}  ", f"Versions: {report['versions']}  ",
+        *report_header("Detection weight fine-tuning on FUNSD (settings study)", report),
         f"Command: `nice -n 19 .venv/bin/python {report['command']}`, {report['wall_seconds']} s in all "
         "(at low priority on shared cores: timings are indicative)", "",
         "Slices of the FUNSD training split (149 forms sorted by name, 0-based, end excluded): "

@@ -39,8 +39,8 @@ from typing import Any  # noqa: E402
 
 import numpy as np  # noqa: E402
 
-from bench.common import machine_info, utc_date, versions, write_results  # noqa: E402
-from bench.det_finetune import check_slices, load_pages, parse_slice  # noqa: E402
+from bench.common import machine_info, report_header, utc_date, versions, write_results  # noqa: E402
+from bench.det_finetune import check_slices, interval_text, load_pages, parse_slice  # noqa: E402
 from bench.loop import HOLDOUT_FORMS, TRAIN_FORMS  # noqa: E402
 from service.base_models import install_base_models  # noqa: E402
 from service.config import LearningConfig, PaperloopConfig  # noqa: E402
@@ -186,10 +186,6 @@ def run(train: tuple[int, int], validation: tuple[int, int], settings: list[str]
             "wall_seconds": round(time.perf_counter() - started, 1), "shipped": shipped, "rows": rows}
 
 
-def _interval(d: dict[str, float] | None) -> str:
-    return "—" if d is None else f"{d['delta']:+.4f} [{d['low']:+.4f}, {d['high']:+.4f}]"
-
-
 def best_epoch(report: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
     """(row, epoch reading) with the highest validation line accuracy."""
     return max(((row, epoch) for row in report["rows"] for epoch in row["epochs_read"]),
@@ -211,7 +207,7 @@ def reading(report: dict[str, Any]) -> str:
         return text + " It is the learning job's default."
     clear = d["line_accuracy"]["low"] > 0
     return text + (f" Against the learning job's default ({report['default_setting']}): line accuracy "
-                   f"{_interval(d['line_accuracy'])}; " + ("the interval excludes 0, so it wins clearly on this slice."
+                   f"{interval_text(d['line_accuracy'])}; " + ("the interval excludes 0, so it wins clearly on this slice."
                                                            if clear else "the interval includes 0: within noise."))
 
 
@@ -228,13 +224,12 @@ def markdown(report: dict[str, Any]) -> str:
             mark = " (**learning default**)" if name == report["default_setting"] else ""
             d = epoch.get("vs_default", {})
             lines.append(f"| {name}{mark} | {epoch['epoch']} | **{epoch['line_accuracy']}** | {epoch['char_accuracy']} | "
-                         f"{_interval(d.get('line_accuracy'))} | {_interval(d.get('char_accuracy'))} | "
-                         f"{_interval(epoch['vs_shipped']['line_accuracy'])} | {epoch['train_seconds']} |")
+                         f"{interval_text(d.get('line_accuracy'))} | {interval_text(d.get('char_accuracy'))} | "
+                         f"{interval_text(epoch['vs_shipped']['line_accuracy'])} | {epoch['train_seconds']} |")
     train, held, holdout = report["train_slice"], report["validation_slice"], report["loop_holdout_slice"]
     return "\n".join([
-        "# Recognition fine-tuning on FUNSD (settings study)", "",
-        f"Date: {report['date']}  ", f"Machine: {report['machine']}  ", f"Versions: {report['versions']}  ",
-        f"Command: `nice -n 19 .venv/bin/python {report['command']}`, {report['wall_seconds']} s in all "
+        *report_header("Recognition fine-tuning on FUNSD (settings study)", report),
+        f"Command: `.venv/bin/python {report['command']}`, {report['wall_seconds']} s in all "
         "(timings are indicative: shared 2-core machine)", "",
         "Slices of the FUNSD training split (149 forms sorted by name, 0-based, end excluded): "
         f"fine-tuned on forms {train[0]}:{train[1]} ({report['gold_lines']} gold lines + "
