@@ -18,8 +18,8 @@ Usage, from the project root (one command writes ``bench/results/rec_finetune.{j
         [--settings 1e-4:3:neck,3e-4:3:neck,...] [--quick] [--out DIR] [--name NAME]
 
 A setting is ``learning_rate:epochs:layers`` with layers ``neck`` (neck and CTC head train, the
-backbone is frozen: the job's default) or ``all``. ``--quick`` is a smoke run (2 + 2 forms, one
-epoch) written to a temporary folder unless ``--out`` is given.
+backbone is frozen: the job's default) or ``all``. ``--quick`` is a smoke run (2 + 2 forms, the
+default setting and one epoch of ``all``) written to a temporary folder unless ``--out`` is given.
 """
 
 from __future__ import annotations
@@ -253,12 +253,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--validation", type=parse_slice, default=(100, TRAIN_FORMS),
                         help="START:END of the training split to validate on (disjoint, below the loop's holdout)")
     parser.add_argument("--settings", default=",".join(default_grid()), help="comma-separated settings")
-    parser.add_argument("--quick", action="store_true", help="smoke run: 2 + 2 forms, one epoch, temporary output")
+    parser.add_argument("--quick", action="store_true", help="smoke run: 2 + 2 forms, the default setting and one epoch of all, temporary output")
     parser.add_argument("--out", type=Path, default=None, help="results folder (default bench/results)")
     parser.add_argument("--name", default="rec_finetune", help="results file name (NAME.json / NAME.md)")
     args = parser.parse_args(argv)
     if args.quick:
-        args.train, args.validation, args.settings = (0, 2), (2, 4), f"{default_setting(1)},1e-4:1:all"
+        args.train, args.validation, args.settings = (0, 2), (2, 4), f"{default_setting()},1e-4:1:all"
     out = args.out or (Path(tempfile.mkdtemp(prefix="paperloop-rec-quick-")) if args.quick
                        else PROJECT_ROOT / "bench/results")
     check_slices(args.train, args.validation)
