@@ -48,9 +48,7 @@ from service.evaluation import char_accuracy  # noqa: E402
 from service.finetune.rec_model import load_rec_model  # noqa: E402
 from service.finetune.rec_train import FinetuneSettings, LabelEncoder, RecSample, export_rec, finetune_rec, load_charset  # noqa: E402
 from service.funsd import split_pairs  # noqa: E402
-from service.ocr.engine import Predictor  # noqa: E402
-from service.ocr.recognizer import TextRecognizer  # noqa: E402
-from service.ocr_learning.rec import page_line_samples, training_mix  # noqa: E402
+from service.ocr_learning.rec import page_line_samples, read_crops, training_mix  # noqa: E402
 from service.registry import ModelRegistry  # noqa: E402
 
 BOOTSTRAP_SAMPLES = 2000
@@ -81,11 +79,6 @@ def parse_setting(setting: str) -> tuple[float, int, str]:
     return parsed
 
 
-def read_lines(recognizer: TextRecognizer, samples: Sequence[RecSample]) -> list[str]:
-    """What the recognizer reads on each crop."""
-    return [line.text for line in recognizer([s.image for s in samples])]
-
-
 def line_scores(texts: Sequence[str], samples: Sequence[RecSample]) -> dict[str, list[float]]:
     """Per validation line: exact (1/0) and character accuracy."""
     return {"exact": [float(t == s.text) for t, s in zip(texts, samples)],
@@ -109,9 +102,7 @@ def paired_bootstrap(values: Sequence[float], reference: Sequence[float], sample
 
 def evaluate(cfg: PaperloopConfig, model_dir: Path, samples: Sequence[RecSample]) -> dict[str, list[float]]:
     """Per-line scores of the exported model in ``model_dir``, read as the service reads."""
-    recognizer = TextRecognizer(Predictor(model_dir, cfg.ocr.threads, cfg.ocr.use_mkldnn), load_charset(model_dir),
-                                cfg.ocr.rec)
-    return line_scores(read_lines(recognizer, samples), samples)
+    return line_scores(read_crops(cfg, model_dir, samples), samples)
 
 
 def fine_tune(cfg: PaperloopConfig, base: Path, train: list[RecSample], validation: Sequence[RecSample],

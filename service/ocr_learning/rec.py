@@ -10,7 +10,7 @@ service, is fine-tuned with CTC (BatchNorm frozen), and is exported into the ori
 from __future__ import annotations
 
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -21,7 +21,7 @@ from service.evaluation import char_accuracy
 from service.finetune.rec_model import load_rec_model
 from service.finetune.rec_train import FinetuneSettings, LabelEncoder, RecSample, export_rec, finetune_rec, load_charset
 from service.ocr.engine import Predictor
-from service.ocr.recognizer import TextRecognizer, crop_quad, load_charset_from_list
+from service.ocr.recognizer import TextRecognizer, crop_quad
 from service.ocr_learning.pages import GoldPage, gold_pages
 from service.ocr_learning.synthetic import synthetic_samples
 from service.registry import ModelCard, ModelRegistry
@@ -42,12 +42,18 @@ def line_samples(documents: list[Document], data_dir: Path) -> list[RecSample]:
     return [sample for page in gold_pages(documents, data_dir) for sample in page_line_samples(page)]
 
 
+def read_crops(cfg: PaperloopConfig, model_dir: Path, samples: Sequence[RecSample]) -> list[str]:
+    """What the rec model in ``model_dir`` reads on each sample's crop, as the service reads it."""
+    if not samples:
+        return []
+    recognizer = TextRecognizer(Predictor(model_dir, cfg.ocr.threads, cfg.ocr.use_mkldnn), load_charset(model_dir),
+                                cfg.ocr.rec)
+    return [line.text for line in recognizer([s.image for s in samples])]
+
+
 def rec_metrics(cfg: PaperloopConfig, registry: ModelRegistry, version: str, samples: list[RecSample]) -> dict[str, float]:
     """Line accuracy (exact, spaces count) first, then mean character accuracy (1 − NED)."""
-    characters = registry.inference_config("rec", version)["PostProcess"]["character_dict"]
-    recognizer = TextRecognizer(Predictor(registry.version_dir("rec", version), cfg.ocr.threads, cfg.ocr.use_mkldnn),
-                                load_charset_from_list(characters), cfg.ocr.rec)
-    texts = [r.text for r in recognizer([s.image for s in samples])] if samples else []
+    texts = read_crops(cfg, registry.version_dir("rec", version), samples)
     n = max(len(samples), 1)
     return {"line_accuracy": sum(t == s.text for t, s in zip(texts, samples)) / n,
             "char_accuracy": sum(char_accuracy(s.text, t) for t, s in zip(texts, samples)) / n}
