@@ -23,7 +23,7 @@ from service.fields.calibration import Outcome, field_threshold, straight_throug
 from service.fields.extract import fill_fields
 from service.fields.matching import find_value
 from service.fields.schema import FieldsConfig
-from service.fields.values import find_dates, parse_value
+from service.fields.values import find_dates, parse_value, with_misread_digits
 from service.kie import fit
 from service.labels import LabelStore
 from service.review.routing import decide
@@ -91,6 +91,19 @@ def test_amounts_keep_their_currency_and_drop_their_key() -> None:
     assert parse_value(spec("total"), "5.16 91.16", SCHEMA).value == "91.16"
     assert parse_value(spec("total"), "Total: 1,234.50", SCHEMA).value == "1234.50"
     assert find_dates("no date here 12:30") == []
+
+
+@pytest.mark.parametrize(("text", "value"), [
+    ("NETT TOTAL: RM1O.35", "10.35"), ("TOTAL 12O.OO", "120.00"), ("Total: l5.90", "15.90"), ("RM 3.0o", "3.00"),
+])
+def test_digits_read_as_letters_inside_an_amount_are_digits(text: str, value: str) -> None:
+    """Before: ``RM1O.35`` (a receipt's nett total, O for 0) held no amount and the total was missed."""
+    assert parse_value(spec("total"), text, SCHEMA).value == value
+
+
+def test_letters_in_words_next_to_digits_stay_letters() -> None:
+    assert with_misread_digits("INVOICE NO.12 Vol1 1Oth TOTAl 2O18") == "INVOICE NO.12 Vol1 1Oth TOTAl 2018"
+    assert parse_value(spec("date"), "Date:1O/03/2O18", SCHEMA).value == "2018-03-10"
 
 
 def test_processed_document_has_fields_with_values_parsed_out_of_lines() -> None:
@@ -180,6 +193,26 @@ def test_a_tax_summary_row_after_the_total_is_not_a_keyed_total() -> None:
     probabilities = np.array([[0, 0, 0, p, 1 - p] for p in p_total])
     fill_fields(document, SCHEMA, probabilities, RECEIPT.kie.labels)
     assert [(f.value, f.segments) for f in document.fields if f.name == "total"] == [("91.16", ["p1-s0005"])]
+
+
+def test_a_key_at_the_end_of_a_longer_label_is_not_the_key() -> None:
+    """Before: ``TAX TOTAL 1.58`` printed under the total held the key ``total``, was the last keyed amount
+    and won over ``TOTAL 28.00`` that SER gave the total (a holdout receipt). A key counts where it
+    heads its label."""
+    document = receipt([
+        line("p1-s0000", "SUB-TOTAL (GST)", 280), line("p1-s0001", "28.00", 280, x=400),
+        line("p1-s0002", "TOTAL", 320), line("p1-s0003", "28.00", 320, x=400),
+        line("p1-s0004", "*GST @ 6% INCLUDED IN TOTAL", 360),
+        line("p1-s0005", "TAX TOTAL", 400), line("p1-s0006", "1.58", 400, x=400),
+        line("p1-s0007", "GRAND TOTAL", 440, x=500),  # a compound key of the schema, heading its label
+    ])
+    p_total = [0.0, 0.3, 0.0, 0.6, 0.0, 0.0, 0.05, 0.0]
+    probabilities = np.array([[0, 0, 0, p, 1 - p] for p in p_total])
+    fill_fields(document, SCHEMA, probabilities, RECEIPT.kie.labels)
+    assert [(f.value, f.segments) for f in document.fields if f.name == "total"] == [("28.00", ["p1-s0003"])]
+    document.pages[0].segments[7] = line("p1-s0007", "GRAND TOTAL 27.95", 440)
+    fill_fields(document, SCHEMA, probabilities, RECEIPT.kie.labels)
+    assert [f.value for f in document.fields if f.name == "total"] == ["27.95"]
 
 
 def test_a_keyed_field_without_any_printed_key_falls_back_to_ser() -> None:

@@ -24,7 +24,7 @@ import numpy as np
 from service.document import BBox, Document, FieldValue, Page, Segment, Word
 from service.fields.matching import words_of_span
 from service.fields.schema import FieldsConfig, FieldSpec
-from service.fields.values import ParsedValue, find_values, fold, parse_value
+from service.fields.values import ParsedValue, find_values, fold, parse_value, with_misread_digits
 
 MIN_PROBABILITY = 0.05  # a segment less likely than this to be a field is never its value (unless keyed)
 KEY_WEIGHT = 0.5  # what a printed key adds to SER's probability of a keyed field's value (chosen on the holdout)
@@ -169,16 +169,18 @@ def _row(document: Document, segment: Segment) -> tuple[list[Segment], list[Segm
 
 def printed_with_key(document: Document, segment: Segment, parsed: ParsedValue, spec: FieldSpec, cfg: FieldsConfig) -> bool:
     """Whether the value ``parsed`` out of ``segment``'s text is the one printed with one of the field's keys:
-    a key precedes it (in the segment, or in the segments to its left on its row), no other value of the
+    a key precedes it (in the segment, or in the segments to its left on its row) and heads its label (a
+    word before it makes another label: ``TAX TOTAL``, ``SUB-TOTAL``), no other value of the
     field's type stands between them or after it on its row (``Total 94.34 5.66``, a tax summary's row,
     is a table, not a total) and, for an amount, it has decimals (``TOTAL QTY 3`` is no total)."""
     left, right = _row(document, segment)
     folded = fold(" ".join([*(o.text for o in left), segment.text[:parsed.start]]))
-    ends = [m.end() for key in spec.keys for m in re.finditer(rf"(?<![a-z]){re.escape(fold(key))}(?![a-z])", folded)]
+    ends = [m.end() for key in spec.keys for m in re.finditer(rf"(?<![a-z]){re.escape(fold(key))}(?![a-z])", folded)
+            if not re.search(r"[a-z]\W*$", folded[:m.start()])]
     after = " ".join([segment.text[parsed.end:], *(o.text for o in right)])
     if not ends or find_values(spec, folded[max(ends):], cfg) or find_values(spec, after, cfg):
         return False
-    return spec.type != "amount" or _has_decimals(segment.text[parsed.start:parsed.end])
+    return spec.type != "amount" or _has_decimals(with_misread_digits(segment.text)[parsed.start:parsed.end])
 
 
 def keyed_choice(document: Document, spec: FieldSpec, cfg: FieldsConfig, probabilities: Sequence[float],

@@ -29,7 +29,8 @@ class FieldSpec(_Strict):
     type: FieldType = "text"
     multiple: bool = False  # several values per document (line items); else the most probable one
     found_by: Literal["key", "self"] = "self"  # a printed key ("TOTAL") announces it, or it stands alone
-    keys: list[str] = []  # the printed keys, for found_by: key (also used to choose among repeated values)
+    keys: list[str] = []  # the printed keys, for found_by: key (also to choose among repeated values); a key
+    # counts where it heads its label: list compound labels (grand total), as TAX TOTAL is not a total
     pattern: str | None = None  # a regular expression, for type: pattern (group 1, or the whole match)
     required: bool = True  # a document without it (or below its threshold) goes to review
 

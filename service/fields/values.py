@@ -45,6 +45,23 @@ def squash(text: str) -> str:
     return "".join(text.casefold().split())
 
 
+_DIGIT_LOOKALIKES = str.maketrans({"O": "0", "o": "0", "I": "1", "l": "1", "|": "1"})
+
+
+def with_misread_digits(text: str) -> str:
+    """``text`` with the letters a recognizer reads for digits put back where they stand against a digit
+    and not inside a word (``RM1O.35`` → ``RM10.35``, ``2O18`` → ``2018``; ``NO.12`` and ``Vol1`` are kept).
+    The length is unchanged, so spans found in the result are spans of ``text``."""
+    chars = list(text)
+    for i, c in enumerate(text):
+        if c not in "OoIl|":
+            continue
+        left, right = text[i - 1:i], text[i + 1:i + 2]
+        if (left.isdigit() and not right.isalpha()) or (right.isdigit() and not left.isalpha()):
+            chars[i] = c.translate(_DIGIT_LOOKALIKES)
+    return "".join(chars)
+
+
 def _year(text: str) -> int:
     year = int(text)
     return year + (2000 if year < 70 else 1900) if len(text) == 2 else year
@@ -74,7 +91,7 @@ def _numeric_date(match: re.Match[str], order: str) -> str | None:
 
 def find_dates(text: str, order: str = "DMY") -> list[ParsedValue]:
     """Every date in ``text`` (numeric in ``order``, or with a month name), as ISO dates, in text order."""
-    found = []
+    found, text = [], with_misread_digits(text)
     for match in _NUMERIC_DATE.finditer(text):
         if (iso := _numeric_date(match, order)) is not None:
             found.append(ParsedValue(iso, match.start(), match.end()))
@@ -104,7 +121,7 @@ def to_decimal(token: str) -> Decimal | None:
 
 def find_numbers(text: str) -> list[ParsedValue]:
     """Every number in ``text``, normalized (no thousands separators, ``.`` as the decimal point)."""
-    found = []
+    found, text = [], with_misread_digits(text)
     for match in _NUMBER.finditer(text):
         number = to_decimal(match.group(0))
         if number is not None:
@@ -131,8 +148,8 @@ def find_currency(text: str, currencies: dict[str, str]) -> str | None:
 
 def find_amounts(text: str, currencies: dict[str, str]) -> list[ParsedValue]:
     """Every amount in ``text`` with two decimals (``193.00``), else every number; with the printed currency."""
-    numbers = find_numbers(text)
-    decimal_ones = [n for n in numbers if re.search(r"[.,]\d{2}$", text[n.start:n.end])]
+    numbers, repaired = find_numbers(text), with_misread_digits(text)
+    decimal_ones = [n for n in numbers if re.search(r"[.,]\d{2}$", repaired[n.start:n.end])]
     currency = find_currency(text, currencies)
     return [ParsedValue(_two_places(n.value), n.start, n.end, currency) for n in (decimal_ones or numbers)]
 
