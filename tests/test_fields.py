@@ -268,6 +268,24 @@ def test_bootstrap_labels_the_value_words_and_keeps_the_rest_of_their_line() -> 
     assert all(seg in ids for f in result.document.fields for seg in f.segments)
 
 
+def test_bootstrap_cuts_glued_words_where_a_text_value_starts_and_ends() -> None:
+    """Before: the base recognizer's glued words (``SDN.BHD.(974306-T)``, ``NO.2JALAN``) went whole into the
+    value's entity, so the grouping model and SER learned that a company ends with its registration
+    number and an address starts with ``NO.``. The value's words are now cut out of them."""
+    document = receipt([line("p1-s0000", "YIN MA (M)SDN.BHD.(974306-T)", 10), line("p1-s0001", "NO.2JALAN UDANG", 40),
+                        line("p1-s0002", "KUALA LUMPUR.Tel:03-1234", 62)])
+    result = bootstrap(document, {"company": "YIN MA (M) SDN. BHD.", "address": "2 JALAN UDANG KUALA LUMPUR."},
+                       SCHEMA, "other")
+    entities = {(s.label, s.text) for s in result.document.segments}
+    assert {("company", "YIN MA (M)SDN.BHD."), ("other", "(974306-T)"), ("other", "NO."), ("other", "Tel:03-1234"),
+            ("address", "2JALAN UDANG KUALA LUMPUR.")} == entities
+    company = next(s for s in result.document.segments if s.label == "company")
+    registration = next(s for s in result.document.segments if s.text == "(974306-T)")
+    assert company.bbox[2] <= registration.bbox[0] + 1e-6  # the cut words' boxes split the glued word's
+    assert {f.name: f.raw for f in result.document.fields} == {"company": "YIN MA (M)SDN.BHD.",
+                                                               "address": "2JALAN UDANG KUALA LUMPUR."}
+
+
 def render_receipt(path: Path) -> None:
     font = ImageFont.truetype(str(next(d / "DejaVuSans.ttf" for d in FONT_DIRS if (d / "DejaVuSans.ttf").is_file())), 30)
     image = Image.new("RGB", (900, 520), "white")

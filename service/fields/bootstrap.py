@@ -97,9 +97,37 @@ def isolate_span(segment: Segment, start: int, end: int) -> tuple[WordRef, ...]:
     return tuple((segment.id, i) for i, (a, b) in enumerate(spans) if a >= start and b <= end and b > a)
 
 
+def isolate_text(document: Document, match: Match) -> Match:
+    """Split the first and last words of a text value's match where the value starts and ends inside them
+    (the base recognizer glues ``SDN.BHD.(974306-T)``: the registration number is no part of the company),
+    so the value has words of its own; returns the match on them."""
+    by_id = {s.id: s for s in document.segments}
+    keep = {id(by_id[sid].words[i]) for sid, i in match.words}
+
+    def cut(ref: WordRef, at: int, part: int) -> None:
+        segment = by_id[ref[0]]
+        word = segment.words[ref[1]]
+        pieces = _cut_word(word, [at])
+        if len(pieces) == 2:
+            segment.words[ref[1]:ref[1] + 1] = pieces
+            keep.discard(id(word))
+            keep.add(id(pieces[part]))
+
+    last_word = by_id[match.words[-1][0]].words[match.words[-1][1]]
+    if match.tail:
+        cut(match.words[-1], len(last_word.text) - match.tail, 0)
+    if match.head:
+        cut(match.words[0], match.head, 1)
+    order = list(dict.fromkeys(sid for sid, _ in match.words))
+    words = tuple((sid, k) for sid in order for k, w in enumerate(by_id[sid].words) if id(w) in keep)
+    return Match(words, match.distance, match.page)
+
+
 def _find(ocr: Document, name: str, value: str, cfg: FieldsConfig) -> Match | None:
     spec = cfg.get(name)
     match = find_value(ocr, spec, value, cfg) if spec is not None and value.strip() else None
+    if match is not None and match.span is None and (match.head or match.tail):
+        return isolate_text(ocr, match)
     if match is None or match.span is None:
         return match
     segment = ocr.segment(match.span[0])

@@ -27,6 +27,8 @@ class Match:
     distance: float  # normalized edit distance of the matched text (0: exact)
     page: int
     span: tuple[str, int, int] | None = None  # a typed value's characters: (segment id, start, end) in its text
+    head: int = 0  # characters of the first word before a text value (``(123-X)SHOP``: the value starts at 7)
+    tail: int = 0  # characters of the last word after a text value (``BHD.(974306-T)``: 11 after ``BHD.``)
 
 
 def _letters(text: str) -> str:
@@ -72,8 +74,41 @@ def match_text(document: Document, value: str, max_distance: float) -> Match | N
         cost, start, end = align(target, text)
         distance = cost / len(target)
         if end > start and distance <= max_distance and (best is None or distance < best.distance):
-            best = Match(tuple(ref for ref, _ in words[owner[start]:owner[end - 1] + 1]), distance, page.number)
+            first, last = owner[start], owner[end - 1]
+            letters_before = start - owner.index(first)
+            letters_after = len(owner) - 1 - (end - 1) - owner[::-1].index(last)
+            best = Match(tuple(ref for ref, _ in words[first:last + 1]), distance, page.number,
+                         head=_head(words[first][1], letters_before, value),
+                         tail=_tail(words[last][1], letters_after, value))
     return best
+
+
+def _head(word: str, letters: int, value: str) -> int:
+    """Characters of ``word`` before its letter number ``letters``, less the punctuation the value starts
+    with (a value ``(M) SDN BHD`` keeps the ``(`` of ``X(M)``)."""
+    if letters == 0:
+        return 0
+    seen, cut = 0, 0
+    for cut, c in enumerate(word):
+        if c.isalnum():
+            if seen == letters:
+                break
+            seen += 1
+    lead = len(value) - len(value.lstrip(_PUNCTUATION))
+    while lead and cut > 0 and not word[cut - 1].isalnum():
+        cut, lead = cut - 1, lead - 1
+    return cut
+
+
+def _tail(word: str, letters: int, value: str) -> int:
+    """Characters of ``word`` after its last ``letters`` letters are dropped, less the punctuation the
+    value ends with (a value ``SDN. BHD.`` keeps the ``.`` of ``BHD.(974306-T)``)."""
+    if letters == 0:
+        return 0
+    return _head(word[::-1], letters, value[::-1])
+
+
+_PUNCTUATION = "".join(chr(c) for c in range(32, 127) if not chr(c).isalnum() and chr(c) != " ")
 
 
 def word_spans(segment: Segment) -> list[tuple[int, int]]:
