@@ -10,7 +10,7 @@ exact accuracy (after case and whitespace folding; dates and amounts as values),
 (normalized edit distance ≤ 0.1), the OCR ceiling (the value is among the OCR words, exactly /
 leniently) and the share that goes straight through with the accuracy of what did. Then a learning-loop
 round: the learning job's rec task on the reviewed lines of the train receipts (SROIE's line
-transcripts, in a store of their own; ``learning.rec_*`` as configured: one epoch by default), group and
+transcripts, in a store of their own; ``learning.rec_*`` as configured: two epochs by default), group and
 SER retrained by the job on the receipts as the new rec reads them, the thresholds recalibrated, and the
 test receipts measured again. ``--dev`` measures on the holdout receipts instead and writes nothing.
 
