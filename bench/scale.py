@@ -155,6 +155,8 @@ def main() -> None:
                         help="rounds of all settings, interleaved; each figure is the median over the rounds and "
                              "the speed-ups are medians of each round's own ratios (a shared machine drifts)")
     args = parser.parse_args()
+    if "1x2" not in args.daemon.split(","):  # checked before minutes of runs, not after them
+        parser.error("--daemon must include 1x2: the single worker every speed-up is measured against")
 
     pages = sorted(args.pages.glob("*.png"))[:args.limit]
     has_workers = "workers" in DaemonConfig.model_fields
