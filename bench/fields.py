@@ -95,12 +95,11 @@ def ceiling(cfg: Any, document: Document, name: str, gold: str) -> dict[str, boo
     return judge(cfg, name, raw, gold)
 
 
-def transcript_ceiling(cfg: Any, image: Path, name: str, gold: str) -> dict[str, bool]:
-    """Whether the gold value is printed in SROIE's own line transcripts of the receipt (a run of words in
+def transcript_ceiling(cfg: Any, lines: list[str], name: str, gold: str) -> dict[str, bool]:
+    """Whether the gold value is printed in ``lines``, SROIE's own transcripts of the receipt (a run of words in
     reading order for text, a value inside a line for the typed fields): what perfect OCR would allow.
     ``exact`` and ``spaced`` as :func:`judge` has them."""
     spec = cfg.fields.get(name)
-    lines = [segment.text for segment in transcribed(image).segments]
     if spec.type != "text":
         wanted = normalize(spec, gold, cfg.fields)
         found = any(v.value == wanted for line in lines for v in find_values(spec, line, cfg.fields))
@@ -159,6 +158,7 @@ def evaluate(cfg: Any, test: list[tuple[Path, dict[str, str]]], dump: Path | Non
             (dump / f"{image.stem}.json").write_text(json.dumps(document.to_dict(), indent=1), encoding="utf-8")
         passed = not decision.needs_review or decision.audit
         right_all = True
+        lines = [segment.text for segment in transcribed(image).segments]
         for name in FIELDS:
             gold = values[name]
             if not gold:
@@ -167,7 +167,7 @@ def evaluate(cfg: Any, test: list[tuple[Path, dict[str, str]]], dump: Path | Non
             verdict = judge(cfg, name, value, gold)
             verdicts = {**verdict,
                         **{f"ceiling_{key}": v for key, v in ceiling(cfg, document, name, gold).items()},
-                        **{f"transcript_{key}": v for key, v in transcript_ceiling(cfg, image, name, gold).items()}}
+                        **{f"transcript_{key}": v for key, v in transcript_ceiling(cfg, lines, name, gold).items()}}
             row = per_field[name]
             row["n"] += 1
             for key, v in verdicts.items():

@@ -121,7 +121,11 @@ def to_decimal(token: str) -> Decimal | None:
 
 def find_numbers(text: str) -> list[ParsedValue]:
     """Every number in ``text``, normalized (no thousands separators, ``.`` as the decimal point)."""
-    found, text = [], with_misread_digits(text)
+    return _numbers_in(with_misread_digits(text))
+
+
+def _numbers_in(text: str) -> list[ParsedValue]:
+    found = []
     for match in _NUMBER.finditer(text):
         number = to_decimal(match.group(0))
         if number is not None:
@@ -148,7 +152,8 @@ def find_currency(text: str, currencies: dict[str, str]) -> str | None:
 
 def find_amounts(text: str, currencies: dict[str, str]) -> list[ParsedValue]:
     """Every amount in ``text`` with two decimals (``193.00``), else every number; with the printed currency."""
-    numbers, repaired = find_numbers(text), with_misread_digits(text)
+    repaired = with_misread_digits(text)
+    numbers = _numbers_in(repaired)
     decimal_ones = [n for n in numbers if re.search(r"[.,]\d{2}$", repaired[n.start:n.end])]
     currency = find_currency(text, currencies)
     return [ParsedValue(_two_places(n.value), n.start, n.end, currency) for n in (decimal_ones or numbers)]
