@@ -258,6 +258,9 @@ class KieConfig(StrictModel):
     other_label: str = "other"  # the "not a field" label; not counted in entity-level scores
     multiple_values: bool = True  # a key may link to several values (FUNSD: yes)
     link_threshold: float | None = Field(None, gt=0, lt=1)  # None: the model's own, tuned on validation
+    # A grouping link less probable than this joins two parts into one entity only when SER labels
+    # both parts alike (a receipt's address line that also prints the phone number); None: off.
+    group_label_check: float | None = Field(None, gt=0, lt=1)
     training: KieTrainingConfig = KieTrainingConfig()
     layoutxlm: LayoutXLMConfig = LayoutXLMConfig()
 

@@ -68,7 +68,7 @@ class DocumentPipeline:
         self.ocr = ocr or OcrEngine(registry, cfg.ocr)
         self.kie: KieModels | LayoutXLMModels = KieModels(
             registry, threads=cfg.ocr.threads, multiple_values=cfg.kie.multiple_values,
-            link_threshold=cfg.kie.link_threshold)
+            link_threshold=cfg.kie.link_threshold, label_check=cfg.kie.group_label_check)
         pretrained = cfg.kie.layoutxlm
         if pretrained.ser_dir or pretrained.re_dir:
             self.kie = LayoutXLMModels(self.kie, cfg.kie.labels, pretrained.ser_dir, pretrained.re_dir)

@@ -160,6 +160,16 @@ def test_a_text_value_is_assembled_from_every_labelled_piece_next_to_it_in_readi
     assert sorted(address.segments) == ["p1-s0000", "p1-s0002", "p1-s0003"]
 
 
+def test_a_speck_read_as_a_dot_before_a_text_value_is_not_part_of_it() -> None:
+    """The recognizer reads a speck before an address as a dot glued to its first word (``.NO.1,``);
+    no text value begins with punctuation, but a value's own final comma or dot stays."""
+    document = receipt([line("p1-s0000", ".NO.1, JALAN PERMAS", 40, label="address", score=0.9),
+                        line("p1-s0001", "81750 JOHOR.", 62, label="address", score=0.9)])
+    fill_fields(document, SCHEMA)
+    address = next(f for f in document.fields if f.name == "address")
+    assert address.value == "NO.1, JALAN PERMAS 81750 JOHOR."
+
+
 def test_a_keyed_total_is_the_last_one_printed_with_its_key_not_the_one_before_rounding() -> None:
     """Before: SER's most probable amount won, and on holdout receipts that was mostly the total before
     rounding (``Total Amount: RM8.76`` above ``Rounding: -RM0.01`` and ``Nett Total: RM8.75``)."""

@@ -209,3 +209,21 @@ def test_an_uncertain_entity_sends_the_document_to_review_with_its_reason() -> N
     (reason,) = [r for r in decide(document, cfg).reasons if r.kind == "group"]
     assert reason.count == 1 and reason.lowest == 0.3 and reason.segments == ("a2",)
     assert segment_is_low(page.segments[3], cfg) and not segment_is_low(page.segments[0], cfg)
+
+
+def test_an_unsure_link_between_parts_that_ser_labels_differently_is_not_kept() -> None:
+    """A receipt's ``..., JOHOR. TEL NO.: 07-387 3322`` on one OCR line: the grouping model joined the
+    phone number to the address with a link it was unsure of, and the address value ran on into it.
+    ``KieModels(label_check=...)`` keeps such a link only when SER gives both parts one label."""
+    from service.kie.inference import _label_consistent
+
+    units = _units()
+    probabilities = _probabilities({(0, 1): 0.7, (2, 3): 0.95, (3, 4): 0.7}, 5)
+    loose = decode_groups(probabilities, units, threshold=0.65)
+    strict = decode_groups(probabilities, units, threshold=0.9)
+    assert [g.units for g in loose] == [(0, 1), (2, 3, 4)]
+    assert [g.units for g in strict] == [(0,), (1,), (2, 3), (4,)]
+    split = _label_consistent(loose, strict, ["question", "answer", "answer", "answer"], units)
+    assert [g.units for g in split] == [(0,), (1,), (2, 3, 4)]  # only the pair labelled differently is cut
+    kept = _label_consistent(loose, strict, ["question", "question", "answer", "answer"], units)
+    assert [g.units for g in kept] == [g.units for g in loose]

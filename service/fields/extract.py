@@ -29,6 +29,9 @@ from service.fields.values import ParsedValue, find_values, fold, parse_value, w
 MIN_PROBABILITY = 0.05  # a segment less likely than this to be a field is never its value (unless keyed)
 KEY_WEIGHT = 0.5  # what a printed key adds to SER's probability of a keyed field's value (chosen on the holdout)
 LAST_WEIGHT = 1.0  # what being the last keyed value adds (chosen on the holdout)
+# No text value begins with these: a speck the recognizer read as a dot glues to a value's first word
+# (``.NO.1, JALAN``). Trailing ones stay: values are exported with their final comma or dot.
+STRAY_LEADING = ".,;:·' "
 
 
 def field_probabilities(document: Document, probabilities: np.ndarray | None, labels: Sequence[str],
@@ -137,7 +140,7 @@ def _typed_value(document: Document, spec: FieldSpec, cfg: FieldsConfig, index: 
 
 def _text_value(document: Document, spec: FieldSpec, index: int, probabilities: Sequence[float]) -> FieldValue:
     run = _text_run(document, index, spec.name, probabilities)
-    text = " ".join(" ".join(w.text.split()) for w in _reading_order_words(run))
+    text = " ".join(" ".join(w.text.split()) for w in _reading_order_words(run)).lstrip(STRAY_LEADING)
     run = sorted(run, key=lambda s: (s.bbox[1], s.bbox[0]))
     p = probabilities[index]
     return FieldValue(name=spec.name, value=text, raw=text, page=_page_of(document)[run[0].id].number,

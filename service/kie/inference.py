@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import tempfile
 import threading
 from collections.abc import Sequence
@@ -20,7 +21,7 @@ from service.paddle_noise import quiet_export
 from service.registry import ModelRegistry
 
 if TYPE_CHECKING:
-    from service.kie.grouping import Group, WordPage
+    from service.kie.grouping import Group, WordPage, WordUnit
 
 PageImages = dict[int, np.ndarray]  # page number → H×W×3 RGB uint8
 KIE_TASKS = ("group", "ser", "re")  # the document-level tasks whose models this module loads
@@ -91,13 +92,38 @@ def _inputs(document: Document) -> tuple[list[str], list[np.ndarray]]:
     return f.segment_ids, arrays
 
 
+def _label_consistent(loose: Sequence["Group"], strict: Sequence["Group"], labels: Sequence[str],
+                      units: Sequence["WordUnit"]) -> list["Group"]:
+    """``loose`` entities, except that one whose finer parts (``strict``, with SER's ``labels``) are
+    labelled differently is replaced by those parts. Every finer entity lies inside one loose entity:
+    the finer decoding accepts a subset of the same links."""
+    from service.kie.grouping import Group
+
+    owner = {unit: k for k, group in enumerate(loose) for unit in group.units}
+    parts: dict[int, list[int]] = {}
+    for k, group in enumerate(strict):
+        parts.setdefault(owner[group.units[0]], []).append(k)
+    chosen: list[Group] = []
+    for k, group in enumerate(loose):
+        mine = parts.get(k, [])
+        if len({labels[j] for j in mine}) > 1:
+            chosen += [strict[j] for j in mine]
+        else:
+            chosen.append(group)
+    return sorted(chosen, key=lambda g: (units[g.units[0]].line, units[g.units[0]].box[0]))
+
+
 class KieModels:
     """The SER and RE versions in service; ``refresh()`` follows the ``current`` pointers."""
 
     def __init__(self, registry: ModelRegistry, threads: int = 2, multiple_values: bool = True,
-                 link_threshold: float | None = None, pinned: dict[str, str] | None = None) -> None:
-        """``pinned`` fixes a task's version (e.g. a candidate under evaluation) instead of ``current``."""
+                 link_threshold: float | None = None, pinned: dict[str, str] | None = None,
+                 label_check: float | None = None) -> None:
+        """``pinned`` fixes a task's version (e.g. a candidate under evaluation) instead of ``current``.
+        ``label_check``: grouping links less probable than this join two parts only when SER gives both
+        parts the same label (:meth:`form_entities`); ``None``: every link the grouping model accepts."""
         self._registry = registry
+        self._label_check = label_check
         self._pinned = dict(pinned or {})
         self._threads = threads
         self._multiple_values = multiple_values
@@ -122,25 +148,63 @@ class KieModels:
 
     def form_entities(self, document: Document) -> None:
         """Replace each page's OCR lines with the entities the grouping model in service forms from
-        their words (nothing without a grouping model; a page over ``MAX_WORDS`` words keeps its lines)."""
+        their words (nothing without a grouping model; a page over ``MAX_WORDS`` words keeps its lines).
+
+        With ``label_check``, an entity held together by a link the grouping model is unsure of (below
+        ``label_check``) is first labelled in its parts by SER; when the parts get different labels
+        (``..., JOHOR. TEL NO.: 07-387 3322``: an address and a phone line) they stay apart.
+        """
         from service.kie.grouping import MAX_WORDS, line_page, regroup_page
 
         if self.group is None:
             return
+        plans = []
         for page in document.pages:
             words = line_page(page)
             if words.units and len(words.units) <= MAX_WORDS:
-                regroup_page(page, self.groups_of(words), words.units, self.group.version)
+                plans.append((page, words, *self._groupings_of(words)))
+        if self.ser is not None and any(len(loose) != len(strict) for _, _, loose, strict in plans):
+            plans = [(page, words, _label_consistent(loose, strict, labels, words.units), strict)
+                     for (page, words, loose, strict), labels in zip(plans, self._part_labels(document, plans))]
+        for page, words, groups, _ in plans:
+            regroup_page(page, groups, words.units, self.group.version)
 
-    def groups_of(self, words: "WordPage") -> list["Group"]:
-        """The entities the grouping model in service forms from a page's words (needs one in service)."""
-        from service.kie.grouping import decode_groups, word_features
+    def _groupings_of(self, words: "WordPage") -> tuple[list["Group"], list["Group"]]:
+        """The model's entities, and the finer ones its links above ``label_check`` make (the same
+        entities when there is no check)."""
+        from service.kie.grouping import decode_groups
+
+        probabilities = self._group_probabilities(words)
+        loose = decode_groups(probabilities, words.units, self.group.threshold)
+        if self._label_check is None or self._label_check <= self.group.threshold:
+            return loose, loose
+        return loose, decode_groups(probabilities, words.units, self._label_check)
+
+    def _part_labels(self, document: Document, plans: Sequence[tuple[Any, ...]]) -> list[list[str]]:
+        """SER's label of each finer entity, page by page, on a copy of ``document`` cut into them."""
+        from service.kie.grouping import regroup_page
+
+        trial = copy.deepcopy(document)
+        pages = {page.number: page for page in trial.pages}
+        for page, words, _, strict in plans:
+            regroup_page(pages[page.number], strict, words.units, self.group.version)
+        self.label(trial)
+        return [[s.label or "" for s in pages[page.number].segments] for page, *_ in plans]
+
+    def _group_probabilities(self, words: "WordPage") -> np.ndarray:
+        from service.kie.grouping import word_features
 
         assert self.group is not None, "no grouping model in service"
         f = word_features(words)
         arrays = [f.tokens[None], f.cues[None], f.boxes[None], f.pairs[None], np.ones((1, len(words.units)), np.float32)]
         logits = self.group.predictor.run(arrays)[1][0]
-        return decode_groups(re_probabilities(logits, self.group.temperature), words.units, self.group.threshold)
+        return re_probabilities(logits, self.group.temperature)
+
+    def groups_of(self, words: "WordPage") -> list["Group"]:
+        """The entities the grouping model in service forms from a page's words (needs one in service)."""
+        from service.kie.grouping import decode_groups
+
+        return decode_groups(self._group_probabilities(words), words.units, self.group.threshold)
 
     def label(self, document: Document, page_images: PageImages | None = None) -> np.ndarray | None:
         """Fill every segment's label and calibrated probability; returns the (N, labels) probabilities.
