@@ -257,7 +257,13 @@ def decode_groups(probabilities: np.ndarray, units: Sequence[WordUnit], threshol
     ``threshold``, the predecessor has no successor yet and no cycle forms. An entity's score is
     the lowest of its accepted links and its first word's "starts an entity" probability.
     """
-    n = len(units)
+    return groups_of_links(probabilities, units, accepted_links(probabilities, threshold))
+
+
+def accepted_links(probabilities: np.ndarray, threshold: float = 0.5) -> list[tuple[int, int, float]]:
+    """The predecessor links :func:`decode_groups` accepts, as (predecessor, word, probability), most
+    probable first. A higher threshold accepts a subset of them."""
+    n = probabilities.shape[1]
     parent = list(range(n))
 
     def root(k: int) -> int:
@@ -268,13 +274,33 @@ def decode_groups(probabilities: np.ndarray, units: Sequence[WordUnit], threshol
 
     best = probabilities[:n].argmax(axis=0) if n else np.zeros(0, dtype=int)
     proposals = sorted(((float(probabilities[best[j], j]), int(best[j]), j) for j in range(n)), reverse=True)
-    has_next, has_previous, weakest = set(), set(), {}
+    has_next: set[int] = set()
+    links = []
     for p, i, j in proposals:
         if p < threshold or i in has_next or root(i) == root(j):
             continue
         parent[root(j)] = root(i)
         has_next.add(i)
-        has_previous.add(j)
+        links.append((i, j, p))
+    return links
+
+
+def groups_of_links(probabilities: np.ndarray, units: Sequence[WordUnit],
+                    links: Sequence[tuple[int, int, float]]) -> list[Group]:
+    """The entities that ``links`` (as :func:`accepted_links` gives them) join, with their scores, in
+    reading order of their first words."""
+    n = len(units)
+    parent = list(range(n))
+
+    def root(k: int) -> int:
+        while parent[k] != k:
+            parent[k] = parent[parent[k]]
+            k = parent[k]
+        return k
+
+    weakest = {}
+    for i, j, p in links:
+        parent[root(j)] = root(i)
         weakest[j] = p
     members: dict[int, list[int]] = {}
     for k in range(n):
@@ -282,7 +308,7 @@ def decode_groups(probabilities: np.ndarray, units: Sequence[WordUnit], threshol
     groups = []
     for group in members.values():
         ordered = reading_order(units, group)
-        starts = [float(probabilities[n, k]) for k in group if k not in has_previous]
+        starts = [float(probabilities[n, k]) for k in group if k not in weakest]
         score = min([weakest[k] for k in group if k in weakest] + starts)
         groups.append(Group(tuple(ordered), round(score, 5)))
     return sorted(groups, key=lambda g: (units[g.units[0]].line, units[g.units[0]].box[0]))
