@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from service.document import Document, Link, Page, Segment, Word, bbox_to_quad
-from service.kie.grouping import (WordUnit, candidate_predecessors, decode_groups, entity_segment, gold_groups,
+from service.kie.grouping import (WordUnit, accepted_links, candidate_predecessors, decode_groups, groups_of_links, entity_segment, gold_groups,
                                   gold_word_page, simulated_lines,
                                   grouping_scores, predecessor_matrix, reading_order, regroup_page, units_of_lines)
 from service.kie.pairs import PairCounts, fold, lenient_equal, pair_counts, strict_equal
@@ -214,16 +214,17 @@ def test_an_uncertain_entity_sends_the_document_to_review_with_its_reason() -> N
 def test_an_unsure_link_between_parts_that_ser_labels_differently_is_not_kept() -> None:
     """A receipt's ``..., JOHOR. TEL NO.: 07-387 3322`` on one OCR line: the grouping model joined the
     phone number to the address with a link it was unsure of, and the address value ran on into it.
-    ``KieModels(label_check=...)`` keeps such a link only when SER gives both parts one label."""
-    from service.kie.inference import _label_consistent
+    ``KieModels(label_check=...)`` keeps such a link only when SER gives the parts on both sides one label."""
+    from service.kie.inference import links_kept
 
     units = _units()
     probabilities = _probabilities({(0, 1): 0.7, (2, 3): 0.95, (3, 4): 0.7}, 5)
-    loose = decode_groups(probabilities, units, threshold=0.65)
-    strict = decode_groups(probabilities, units, threshold=0.9)
-    assert [g.units for g in loose] == [(0, 1), (2, 3, 4)]
-    assert [g.units for g in strict] == [(0,), (1,), (2, 3), (4,)]
-    split = _label_consistent(loose, strict, ["question", "answer", "answer", "answer"], units)
-    assert [g.units for g in split] == [(0,), (1,), (2, 3, 4)]  # only the pair labelled differently is cut
-    kept = _label_consistent(loose, strict, ["question", "question", "answer", "answer"], units)
-    assert [g.units for g in kept] == [g.units for g in loose]
+    links = accepted_links(probabilities, 0.65)
+    assert [g.units for g in groups_of_links(probabilities, units, links)] == [(0, 1), (2, 3, 4)]
+    parts = groups_of_links(probabilities, units, [link for link in links if link[2] >= 0.9])
+    assert [g.units for g in parts] == [(0,), (1,), (2, 3), (4,)]
+
+    kept = links_kept(links, parts, ["question", "answer", "answer", "answer"], sure=0.9)
+    assert [g.units for g in groups_of_links(probabilities, units, kept)] == [(0,), (1,), (2, 3, 4)]
+    kept = links_kept(links, parts, ["question", "question", "answer", "other"], sure=0.9)
+    assert [g.units for g in groups_of_links(probabilities, units, kept)] == [(0, 1), (2, 3), (4,)]

@@ -21,7 +21,7 @@ from service.paddle_noise import quiet_export
 from service.registry import ModelRegistry
 
 if TYPE_CHECKING:
-    from service.kie.grouping import Group, WordPage, WordUnit
+    from service.kie.grouping import Group, WordPage
 
 PageImages = dict[int, np.ndarray]  # page number → H×W×3 RGB uint8
 KIE_TASKS = ("group", "ser", "re")  # the document-level tasks whose models this module loads
@@ -92,25 +92,12 @@ def _inputs(document: Document) -> tuple[list[str], list[np.ndarray]]:
     return f.segment_ids, arrays
 
 
-def _label_consistent(loose: Sequence["Group"], strict: Sequence["Group"], labels: Sequence[str],
-                      units: Sequence["WordUnit"]) -> list["Group"]:
-    """``loose`` entities, except that one whose finer parts (``strict``, with SER's ``labels``) are
-    labelled differently is replaced by those parts. Every finer entity lies inside one loose entity:
-    the finer decoding accepts a subset of the same links."""
-    from service.kie.grouping import Group
-
-    owner = {unit: k for k, group in enumerate(loose) for unit in group.units}
-    parts: dict[int, list[int]] = {}
-    for k, group in enumerate(strict):
-        parts.setdefault(owner[group.units[0]], []).append(k)
-    chosen: list[Group] = []
-    for k, group in enumerate(loose):
-        mine = parts.get(k, [])
-        if len({labels[j] for j in mine}) > 1:
-            chosen += [strict[j] for j in mine]
-        else:
-            chosen.append(group)
-    return sorted(chosen, key=lambda g: (units[g.units[0]].line, units[g.units[0]].box[0]))
+def links_kept(links: Sequence[tuple[int, int, float]], parts: Sequence["Group"], labels: Sequence[str],
+               sure: float) -> list[tuple[int, int, float]]:
+    """The grouping ``links`` less those below ``sure`` whose two words lie in ``parts`` (the entities the
+    sure links alone make) that SER labels differently (``labels``, one per part)."""
+    part_of = {unit: k for k, group in enumerate(parts) for unit in group.units}
+    return [(i, j, p) for i, j, p in links if p >= sure or labels[part_of[i]] == labels[part_of[j]]]
 
 
 class KieModels:
@@ -150,11 +137,11 @@ class KieModels:
         """Replace each page's OCR lines with the entities the grouping model in service forms from
         their words (nothing without a grouping model; a page over ``MAX_WORDS`` words keeps its lines).
 
-        With ``label_check``, an entity held together by a link the grouping model is unsure of (below
-        ``label_check``) is first labelled in its parts by SER; when the parts get different labels
-        (``..., JOHOR. TEL NO.: 07-387 3322``: an address and a phone line) they stay apart.
+        With ``label_check``, a link the grouping model is unsure of (below ``label_check``) is kept only
+        when SER, reading the pages cut at every such link, labels the parts on its two sides alike
+        (``..., JOHOR. TEL NO.: 07-387 3322``: an address and a phone line stay apart).
         """
-        from service.kie.grouping import MAX_WORDS, line_page, regroup_page
+        from service.kie.grouping import MAX_WORDS, accepted_links, groups_of_links, line_page, regroup_page
 
         if self.group is None:
             return
@@ -162,32 +149,27 @@ class KieModels:
         for page in document.pages:
             words = line_page(page)
             if words.units and len(words.units) <= MAX_WORDS:
-                plans.append((page, words, *self._groupings_of(words)))
-        if self.ser is not None and any(len(loose) != len(strict) for _, _, loose, strict in plans):
-            plans = [(page, words, _label_consistent(loose, strict, labels, words.units), strict)
-                     for (page, words, loose, strict), labels in zip(plans, self._part_labels(document, plans))]
-        for page, words, groups, _ in plans:
-            regroup_page(page, groups, words.units, self.group.version)
+                probabilities = self._group_probabilities(words)
+                plans.append((page, words, probabilities, accepted_links(probabilities, self.group.threshold)))
+        check = self._label_check if self.ser is not None else None
+        if check is not None and any(p < check for *_, links in plans for _, _, p in links):
+            parts = [groups_of_links(probabilities, words.units, [link for link in links if link[2] >= check])
+                     for _, words, probabilities, links in plans]
+            labels = self._part_labels(document, plans, parts)
+            plans = [(page, words, probabilities, links_kept(links, page_parts, page_labels, check))
+                     for (page, words, probabilities, links), page_parts, page_labels in zip(plans, parts, labels)]
+        for page, words, probabilities, links in plans:
+            regroup_page(page, groups_of_links(probabilities, words.units, links), words.units, self.group.version)
 
-    def _groupings_of(self, words: "WordPage") -> tuple[list["Group"], list["Group"]]:
-        """The model's entities, and the finer ones its links above ``label_check`` make (the same
-        entities when there is no check)."""
-        from service.kie.grouping import decode_groups
-
-        probabilities = self._group_probabilities(words)
-        loose = decode_groups(probabilities, words.units, self.group.threshold)
-        if self._label_check is None or self._label_check <= self.group.threshold:
-            return loose, loose
-        return loose, decode_groups(probabilities, words.units, self._label_check)
-
-    def _part_labels(self, document: Document, plans: Sequence[tuple[Any, ...]]) -> list[list[str]]:
-        """SER's label of each finer entity, page by page, on a copy of ``document`` cut into them."""
+    def _part_labels(self, document: Document, plans: Sequence[tuple[Any, ...]],
+                     parts: Sequence[Sequence["Group"]]) -> list[list[str]]:
+        """SER's label of each part, page by page, on a copy of ``document`` cut into them."""
         from service.kie.grouping import regroup_page
 
         trial = copy.deepcopy(document)
         pages = {page.number: page for page in trial.pages}
-        for page, words, _, strict in plans:
-            regroup_page(pages[page.number], strict, words.units, self.group.version)
+        for (page, words, *_), page_parts in zip(plans, parts):
+            regroup_page(pages[page.number], page_parts, words.units, self.group.version)
         self.label(trial)
         return [[s.label or "" for s in pages[page.number].segments] for page, *_ in plans]
 
