@@ -20,6 +20,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import partial
 
 import numpy as np
 
@@ -250,6 +251,14 @@ class Group:
     score: float
 
 
+def _root(parent: list[int], k: int) -> int:
+    """The representative of ``k`` in a union-find forest (paths halved on the way)."""
+    while parent[k] != k:
+        parent[k] = parent[parent[k]]
+        k = parent[k]
+    return k
+
+
 def decode_groups(probabilities: np.ndarray, units: Sequence[WordUnit], threshold: float = 0.5) -> list[Group]:
     """Entities from (N + 1, N) predecessor probabilities (row N: "starts an entity").
 
@@ -265,12 +274,7 @@ def accepted_links(probabilities: np.ndarray, threshold: float = 0.5) -> list[tu
     probable first. A higher threshold accepts a subset of them."""
     n = probabilities.shape[1]
     parent = list(range(n))
-
-    def root(k: int) -> int:
-        while parent[k] != k:
-            parent[k] = parent[parent[k]]
-            k = parent[k]
-        return k
+    root = partial(_root, parent)
 
     best = probabilities[:n].argmax(axis=0) if n else np.zeros(0, dtype=int)
     proposals = sorted(((float(probabilities[best[j], j]), int(best[j]), j) for j in range(n)), reverse=True)
@@ -291,12 +295,7 @@ def groups_of_links(probabilities: np.ndarray, units: Sequence[WordUnit],
     reading order of their first words."""
     n = len(units)
     parent = list(range(n))
-
-    def root(k: int) -> int:
-        while parent[k] != k:
-            parent[k] = parent[parent[k]]
-            k = parent[k]
-        return k
+    root = partial(_root, parent)
 
     weakest = {}
     for i, j, p in links:
