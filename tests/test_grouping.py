@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 
 from service.document import Document, Link, Page, Segment, Word, bbox_to_quad
-from service.kie.grouping import (WordUnit, accepted_links, candidate_predecessors, decode_groups, groups_of_links, entity_segment, gold_groups,
-                                  gold_word_page, simulated_lines,
-                                  grouping_scores, predecessor_matrix, reading_order, regroup_page, units_of_lines)
+from service.kie.grouping import (WordUnit, accepted_links, candidate_predecessors, decode_groups, entity_segment,
+                                  gold_groups, gold_word_page, grouping_scores, groups_of_links, links_kept,
+                                  predecessor_matrix, reading_order, regroup_page, simulated_lines, units_of_lines)
 from service.kie.pairs import PairCounts, fold, lenient_equal, pair_counts, strict_equal
 from service.kie.service_view import align_units, view_page
 
@@ -215,8 +215,6 @@ def test_an_unsure_link_between_parts_that_ser_labels_differently_is_not_kept() 
     """A receipt's ``..., JOHOR. TEL NO.: 07-387 3322`` on one OCR line: the grouping model joined the
     phone number to the address with a link it was unsure of, and the address value ran on into it.
     ``KieModels(label_check=...)`` keeps such a link only when SER gives the parts on both sides one label."""
-    from service.kie.inference import links_kept
-
     units = _units()
     probabilities = _probabilities({(0, 1): 0.7, (2, 3): 0.95, (3, 4): 0.7}, 5)
     links = accepted_links(probabilities, 0.65)

@@ -313,6 +313,14 @@ def groups_of_links(probabilities: np.ndarray, units: Sequence[WordUnit],
     return sorted(groups, key=lambda g: (units[g.units[0]].line, units[g.units[0]].box[0]))
 
 
+def links_kept(links: Sequence[tuple[int, int, float]], parts: Sequence[Group], labels: Sequence[str],
+               sure: float) -> list[tuple[int, int, float]]:
+    """The grouping ``links`` less those below ``sure`` whose two words lie in ``parts`` (the entities the
+    sure links alone make) that SER labels differently (``labels``, one per part)."""
+    part_of = {unit: k for k, group in enumerate(parts) for unit in group.units}
+    return [(i, j, p) for i, j, p in links if p >= sure or labels[part_of[i]] == labels[part_of[j]]]
+
+
 def grouping_scores(predicted: Sequence[Sequence[frozenset[int]]], gold: Sequence[Sequence[frozenset[int]]]) -> dict[str, float]:
     """Entity grouping precision, recall and Hmean: an entity counts when its word set is exact."""
     hits = sum(len(set(p) & set(g)) for p, g in zip(predicted, gold))

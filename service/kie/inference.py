@@ -92,14 +92,6 @@ def _inputs(document: Document) -> tuple[list[str], list[np.ndarray]]:
     return f.segment_ids, arrays
 
 
-def links_kept(links: Sequence[tuple[int, int, float]], parts: Sequence["Group"], labels: Sequence[str],
-               sure: float) -> list[tuple[int, int, float]]:
-    """The grouping ``links`` less those below ``sure`` whose two words lie in ``parts`` (the entities the
-    sure links alone make) that SER labels differently (``labels``, one per part)."""
-    part_of = {unit: k for k, group in enumerate(parts) for unit in group.units}
-    return [(i, j, p) for i, j, p in links if p >= sure or labels[part_of[i]] == labels[part_of[j]]]
-
-
 class KieModels:
     """The SER and RE versions in service; ``refresh()`` follows the ``current`` pointers."""
 
@@ -141,7 +133,7 @@ class KieModels:
         when SER, reading the pages cut at every such link, labels the parts on its two sides alike
         (``..., JOHOR. TEL NO.: 07-387 3322``: an address and a phone line stay apart).
         """
-        from service.kie.grouping import MAX_WORDS, accepted_links, groups_of_links, line_page, regroup_page
+        from service.kie.grouping import MAX_WORDS, accepted_links, groups_of_links, line_page, links_kept, regroup_page
 
         if self.group is None:
             return
