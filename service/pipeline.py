@@ -62,13 +62,15 @@ class ServiceModels:
 class DocumentPipeline:
     """Runs the models in service over every page of a file."""
 
-    def __init__(self, cfg: PaperloopConfig, ocr: OcrEngine | None = None) -> None:
+    def __init__(self, cfg: PaperloopConfig, ocr: OcrEngine | None = None,
+                 pinned: dict[str, str] | None = None) -> None:
+        """``pinned`` fixes KIE tasks' versions (a candidate under evaluation) instead of ``current``."""
         self.cfg = cfg
         registry = ModelRegistry(cfg.paths.resolve("models"))
         self.ocr = ocr or OcrEngine(registry, cfg.ocr)
         self.kie: KieModels | LayoutXLMModels = KieModels(
             registry, threads=cfg.ocr.threads, multiple_values=cfg.kie.multiple_values,
-            link_threshold=cfg.kie.link_threshold, label_check=cfg.kie.group_label_check)
+            link_threshold=cfg.kie.link_threshold, pinned=pinned, label_check=cfg.kie.group_label_check)
         pretrained = cfg.kie.layoutxlm
         if pretrained.ser_dir or pretrained.re_dir:
             self.kie = LayoutXLMModels(self.kie, cfg.kie.labels, pretrained.ser_dir, pretrained.re_dir)

@@ -42,6 +42,13 @@ def holdout_outcomes(cfg: PaperloopConfig, golds: Sequence[Document],
     return result
 
 
+def field_accuracy(cfg: PaperloopConfig, golds: Sequence[Document], pinned: dict[str, str]) -> float | None:
+    """The share of the gold field values of ``golds`` that the whole pipeline reads right from their page
+    images, with the KIE versions in ``pinned`` (the rest as in service); ``None`` when none has fields."""
+    values = [o for document in holdout_outcomes(cfg, golds, DocumentPipeline(cfg, pinned=pinned)) for o in document]
+    return sum(o.correct for o in values) / len(values) if values else None
+
+
 def calibration_record(cfg: PaperloopConfig, documents: Sequence[Sequence[Outcome]], ser_version: str) -> dict[str, Any]:
     """Thresholds for ``routing.target_accuracy`` and what they let through on these documents."""
     target = cfg.routing.target_accuracy

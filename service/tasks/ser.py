@@ -22,7 +22,8 @@ class SerTask(KieTask):
 
     name = "ser"
     title = "SER (labels)"
-    metric_names = ("hmean",)  # then <label>_hmean for every label of the schema but `other`
+    # then <label>_hmean for every label of the schema but `other`; with a field schema `fields_exact` comes first
+    metric_names = ("hmean",)
 
     def predict(self, models: ServiceModels, prediction: Prediction) -> None:
         """A label and its calibrated probability for every segment (when a SER model is in service)."""
@@ -37,6 +38,19 @@ class SerTask(KieTask):
 
         return train_ser(fit_docs, val_docs, cfg.kie.labels, settings, cfg.kie.training.line_augmentation,
                          progress=progress)
+
+    def evaluate(self, cfg: "PaperloopConfig", registry: "ModelRegistry", version: str,
+                 documents: Sequence["Document"]) -> dict[str, float]:
+        """With a field schema, the main metric is what users read: the share of the gold field values
+        that the whole pipeline, with ``version`` as SER, reads right from the documents' page images
+        (``fields_exact``); the entity Hmeans follow as side metrics. Without one, the Hmeans alone."""
+        metrics = super().evaluate(cfg, registry, version, documents)
+        if not cfg.fields.fields:
+            return metrics
+        from service.fields.holdout import field_accuracy
+
+        accuracy = field_accuracy(cfg, documents, {self.name: version})
+        return metrics if accuracy is None else {"fields_exact": accuracy, **metrics}
 
     def metric_support(self, cfg: "PaperloopConfig", documents: Sequence["Document"]) -> dict[str, int]:
         """Each field's Hmean rests on that field's gold segments."""
