@@ -70,7 +70,7 @@ def test_grouping_is_trained_evaluated_and_forms_entities_in_service(group_cfg: 
     card = registry.card("group", version)
     # Trained on the gold words and on the same pages as the OCR in service read them (cached).
     assert card.data_counts["train_pages"] > len(_forms("training", 0, 24)) * 0.85 * 1.5
-    assert list((cfg.paths.resolve("data") / "ocr-cache").glob("base__base/*.json"))
+    assert list((cfg.paths.resolve("data") / "ocr-cache").glob("base__base__*/*.json"))
 
     # Better than taking every line for an entity, on forms it never saw.
     ours = get_task("group").evaluate(cfg, registry, version, holdout)

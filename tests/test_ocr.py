@@ -103,3 +103,23 @@ def test_rec_batches_are_sized_to_the_threads_that_run_them(
     crops = [np.full((48, 320, 3), 255, np.uint8) for _ in range(8)]
     assert len(recognizer._batches(crops)) == expected_batches
     assert RecConfig(batch_width_budget=640).width_budget(threads) == 640
+
+
+def test_cached_readings_are_kept_apart_per_ocr_setting(ocr_engine: OcrEngine, models_dir: Path, page_path: Path,
+                                                        tmp_path: Path) -> None:
+    """A page read for training is cached per det/rec version; a deployment that sets its own post-processing
+    (a larger unclip ratio for receipts) must get its own reading, not the one cached under the defaults."""
+    from service.config import OcrConfig
+    from service.kie.service_view import read_page_lines
+
+    cache = tmp_path / "ocr-cache"
+    default = read_page_lines(ocr_engine, page_path, 1, cache)
+    looser = OcrEngine(ModelRegistry(models_dir), OcrConfig.model_validate({"det": {"unclip_ratio": 2.5}}))
+    loose = read_page_lines(looser, page_path, 1, cache)
+    assert default and loose and len(list(cache.iterdir())) == 2
+
+    def mean_height(segments: list) -> float:
+        return float(np.mean([s.bbox[3] - s.bbox[1] for s in segments]))
+
+    assert mean_height(loose) > mean_height(default) * 1.1
+    assert read_page_lines(looser, page_path, 1, cache) == loose  # and then read from the cache

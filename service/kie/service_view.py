@@ -2,7 +2,7 @@
 
 SER, RE and grouping learn from gold entities with clean text; in service they meet OCR lines
 with the recognizer's mistakes and missing spaces. So each gold page image is read once per
-det/rec version by the OCR in service (cached under ``<data>/ocr-cache/<det>__<rec>/``), and every
+det/rec version by the OCR in service (cached under ``<data>/ocr-cache/<det>__<rec>__<settings digest>/``), and every
 OCR word is given the gold entity whose words it covers most. That yields, per page,
 
 - a :class:`~service.kie.grouping.WordPage` (OCR words, OCR lines, gold entities as targets) for
@@ -50,7 +50,7 @@ def _safe(name: str) -> str:
 
 
 def read_page_lines(engine: "OcrEngine", image_path: Path, page_number: int, cache_root: Path) -> list[Segment] | None:
-    """The OCR in service's lines (with words) of one page image, cached per det/rec version.
+    """The OCR in service's lines (with words) of one page image, cached per det/rec version and OCR settings.
 
     ``None`` when the image cannot be read.
     """
@@ -63,7 +63,8 @@ def read_page_lines(engine: "OcrEngine", image_path: Path, page_number: int, cac
     except OSError:
         return None
     versions = engine.refresh()
-    cache = cache_root / f"{_safe(versions['det'])}__{_safe(versions['rec'])}" / f"{hashlib.sha256(content).hexdigest()}.json"
+    reader = f"{_safe(versions['det'])}__{_safe(versions['rec'])}__{engine.settings_digest}"
+    cache = cache_root / reader / f"{hashlib.sha256(content).hexdigest()}.json"
     if cache.is_file():
         return [Segment.from_dict(s) for s in json.loads(cache.read_text(encoding="utf-8"))]
     image = cv2.imdecode(np.frombuffer(content, np.uint8), cv2.IMREAD_COLOR)

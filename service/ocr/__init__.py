@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import threading
 from dataclasses import dataclass
 
@@ -60,6 +62,13 @@ class OcrEngine:
                 )
                 self.versions["rec"] = rec_version
             return dict(self.versions)
+
+    @property
+    def settings_digest(self) -> str:
+        """A short digest of the configured settings that change what is read (``ocr.det``, ``ocr.rec``):
+        readings cached per det/rec version are kept apart per setting (an unclip ratio set in the config)."""
+        settings = {"det": self._cfg.det.model_dump(mode="json"), "rec": self._cfg.rec.model_dump(mode="json")}
+        return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:10]
 
     def detect(self, image_bgr: np.ndarray) -> list[DetectedBox]:
         """Text regions of a page in reading order."""
