@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from service.config import PaperloopConfig, RecConfig
+from service.config import OcrConfig, PaperloopConfig, RecConfig
 from service.document import Document
 from service.evaluation import evaluate_page, recognition_scores
 from service.funsd import load_gt_lines
@@ -109,7 +109,6 @@ def test_cached_readings_are_kept_apart_per_ocr_setting(ocr_engine: OcrEngine, m
                                                         tmp_path: Path) -> None:
     """A page read for training is cached per det/rec version; a deployment that sets its own post-processing
     (a larger unclip ratio for receipts) must get its own reading, not the one cached under the defaults."""
-    from service.config import OcrConfig
     from service.kie.service_view import read_page_lines
 
     cache = tmp_path / "ocr-cache"
