@@ -160,6 +160,20 @@ def test_a_text_value_is_assembled_from_every_labelled_piece_next_to_it_in_readi
     assert sorted(address.segments) == ["p1-s0000", "p1-s0002", "p1-s0003"]
 
 
+def test_the_words_of_a_tilted_line_keep_the_order_the_recognizer_read_them_in() -> None:
+    """Before: a value's words were sorted into rows by their height, so on a receipt line tilted up to the
+    right (each word higher than the one before it) the company came out as ``SDN BHD UNIHAKKA INTERNATIONAL``."""
+    words = [Word("UNIHAKKA", (10, 40, 106, 60)), Word("INTERNATIONAL", (118, 28, 274, 48)),
+             Word("SDN", (286, 18, 322, 38)), Word("BHD", (334, 10, 370, 30))]
+    tilted = Segment(id="p1-s0000", box=bbox_to_quad((10, 10, 370, 60)), text="UNIHAKKA INTERNATIONAL SDN BHD",
+                     words=words, label="company", label_score=0.9, rec_score=0.99, det_version="base",
+                     rec_version="base", ser_version="v1")
+    document = receipt([tilted, line("p1-s0001", "NO 5, JALAN", 80, label="address", score=0.9)])
+    fill_fields(document, SCHEMA)
+    company = next(f for f in document.fields if f.name == "company")
+    assert company.value == "UNIHAKKA INTERNATIONAL SDN BHD"
+
+
 def test_a_speck_read_as_a_dot_before_a_text_value_is_not_part_of_it() -> None:
     """The recognizer reads a speck before an address as a dot glued to its first word (``.NO.1,``);
     no text value begins with punctuation, but a value's own final comma or dot stays."""

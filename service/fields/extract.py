@@ -106,17 +106,19 @@ def _text_run(document: Document, seed: int, name: str, probabilities: Sequence[
 
 
 def _reading_order_words(run: Sequence[Segment]) -> list[Word]:
-    """The words of ``run`` in reading order: rows top to bottom (a word joins a row when its vertical
-    middle lies within the row's first word), each row left to right."""
-    words = [w for s in run for w in (s.words or [Word(s.text, s.bbox)])]
-    rows: list[list[Word]] = []
-    for word in sorted(words, key=lambda w: (w.box[1] + w.box[3]) / 2):
-        middle = (word.box[1] + word.box[3]) / 2
-        if rows and rows[-1][0].box[1] <= middle <= rows[-1][0].box[3]:
-            rows[-1].append(word)
+    """The words of ``run`` in reading order: its segments in rows top to bottom (a segment joins a row
+    when its vertical middle lies within the row's first segment), each row left to right, and each
+    segment's words in the order it holds them (the recognizer's along a line, the grouping's across
+    lines). Words are not re-sorted by height: on a tilted line that would move a line's first word
+    after its last."""
+    rows: list[list[Segment]] = []
+    for segment in sorted(run, key=lambda s: (s.bbox[1] + s.bbox[3]) / 2):
+        middle = (segment.bbox[1] + segment.bbox[3]) / 2
+        if rows and rows[-1][0].bbox[1] <= middle <= rows[-1][0].bbox[3]:
+            rows[-1].append(segment)
         else:
-            rows.append([word])
-    return [w for row in rows for w in sorted(row, key=lambda w: w.box[0])]
+            rows.append([segment])
+    return [w for row in rows for s in sorted(row, key=lambda s: s.bbox[0]) for w in (s.words or [Word(s.text, s.bbox)])]
 
 
 def _span_box(segment: Segment, parsed: ParsedValue) -> BBox:
