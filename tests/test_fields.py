@@ -174,6 +174,22 @@ def test_the_words_of_a_tilted_line_keep_the_order_the_recognizer_read_them_in()
     assert company.value == "UNIHAKKA INTERNATIONAL SDN BHD"
 
 
+def test_a_parenthesis_cut_by_the_edges_of_a_text_value_is_not_part_of_it() -> None:
+    """Before: a registration number printed across two lines, ``(CO`` after the company and ``NO. 95156P)``
+    above the address, came out glued to both values. A parenthesis the value holds whole stays."""
+    document = receipt([
+        line("p1-s0000", "SYARIKAT KAM LAI SEONG SDN BHD (CO", 0, label="company", score=0.9),
+        line("p1-s0001", "NO. 95156P)", 22, label="address", score=0.6),
+        line("p1-s0002", "NO. 1442, JALAN SK (11/5)", 44, label="address", score=0.9),
+        line("p1-s0003", "43300 SELANGOR", 66, label="address", score=0.9),
+    ])
+    fill_fields(document, SCHEMA)
+    values = {f.name: f for f in document.fields}
+    assert values["company"].value == "SYARIKAT KAM LAI SEONG SDN BHD"
+    assert values["address"].value == "NO. 1442, JALAN SK (11/5) 43300 SELANGOR"
+    assert sorted(values["address"].segments) == ["p1-s0002", "p1-s0003"]
+
+
 def test_a_speck_read_as_a_dot_before_a_text_value_is_not_part_of_it() -> None:
     """The recognizer reads a speck before an address as a dot glued to its first word (``.NO.1,``);
     no text value begins with punctuation, but a value's own final comma or dot stays."""

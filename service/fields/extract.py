@@ -105,12 +105,9 @@ def _text_run(document: Document, seed: int, name: str, probabilities: Sequence[
     return [segments[k] for k in run]
 
 
-def _reading_order_words(run: Sequence[Segment]) -> list[Word]:
-    """The words of ``run`` in reading order: its segments in rows top to bottom (a segment joins a row
-    when its vertical middle lies within the row's first segment), each row left to right, and each
-    segment's words in the order it holds them (the recognizer's along a line, the grouping's across
-    lines). Words are not re-sorted by height: on a tilted line that would move a line's first word
-    after its last."""
+def _reading_order(run: Sequence[Segment]) -> list[Segment]:
+    """The segments of ``run`` in reading order: rows top to bottom (a segment joins a row when its
+    vertical middle lies within the row's first segment), each row left to right."""
     rows: list[list[Segment]] = []
     for segment in sorted(run, key=lambda s: (s.bbox[1] + s.bbox[3]) / 2):
         middle = (segment.bbox[1] + segment.bbox[3]) / 2
@@ -118,7 +115,40 @@ def _reading_order_words(run: Sequence[Segment]) -> list[Word]:
             rows[-1].append(segment)
         else:
             rows.append([segment])
-    return [w for row in rows for s in sorted(row, key=lambda s: s.bbox[0]) for w in (s.words or [Word(s.text, s.bbox)])]
+    return [s for row in rows for s in sorted(row, key=lambda s: s.bbox[0])]
+
+
+def _words(segment: Segment) -> list[Word]:
+    """A segment's words in the order it holds them (the recognizer's along a line, the grouping's across
+    lines). They are not re-sorted by height: on a tilted line that would move a line's first word after
+    its last."""
+    return segment.words or [Word(segment.text, segment.bbox)]
+
+
+def _balance(text: str) -> int:
+    return text.count("(") - text.count(")")
+
+
+def _without_cut_parentheses(ordered: list[Segment]) -> tuple[list[Segment], list[Word]]:
+    """The segments and words of ``ordered`` less a parenthesis that the value's edges cut through: leading
+    segments that close a parenthesis they never opened (``NO. 95156P)``, the end of a registration number
+    printed before an address) and trailing words from a parenthesis the value never closes (``SDN BHD (CO``).
+    Such a fragment belongs to a note printed next to the value, not to it; a value is never cut to nothing."""
+    start = opened = 0
+    for k, segment in enumerate(ordered[:-1]):
+        opened += _balance(segment.text)
+        if opened < 0:
+            start, opened = k + 1, 0
+    kept = ordered[start:]
+    words = [w for s in kept for w in _words(s)]
+    unclosed: list[int] = []
+    for i, word in enumerate(words):
+        for character in word.text:
+            if character == "(":
+                unclosed.append(i)
+            elif character == ")" and unclosed:
+                unclosed.pop()
+    return kept, (words[:unclosed[0]] if unclosed and unclosed[0] > 0 else words)
 
 
 def _span_box(segment: Segment, parsed: ParsedValue) -> BBox:
@@ -142,8 +172,8 @@ def _typed_value(document: Document, spec: FieldSpec, cfg: FieldsConfig, index: 
 
 def _text_value(document: Document, spec: FieldSpec, index: int, probabilities: Sequence[float]) -> FieldValue:
     run = _text_run(document, index, spec.name, probabilities)
-    text = " ".join(" ".join(w.text.split()) for w in _reading_order_words(run)).lstrip(STRAY_LEADING)
-    run = sorted(run, key=lambda s: (s.bbox[1], s.bbox[0]))
+    run, words = _without_cut_parentheses(_reading_order(run))
+    text = " ".join(" ".join(w.text.split()) for w in words).lstrip(STRAY_LEADING)
     p = probabilities[index]
     return FieldValue(name=spec.name, value=text, raw=text, page=_page_of(document)[run[0].id].number,
                       boxes=[s.bbox for s in run], segments=[s.id for s in run],
