@@ -188,6 +188,17 @@ def test_a_parenthesis_cut_by_the_edges_of_a_text_value_is_not_part_of_it() -> N
     assert values["company"].value == "SYARIKAT KAM LAI SEONG SDN BHD"
     assert values["address"].value == "NO. 1442, JALAN SK (11/5) 43300 SELANGOR"
     assert sorted(values["address"].segments) == ["p1-s0002", "p1-s0003"]
+    assert values["address"].confidence == pytest.approx(0.9 * 0.99)
+
+
+def test_a_value_whose_most_probable_piece_was_cut_off_is_as_sure_as_what_is_left() -> None:
+    document = receipt([line("p1-s0000", "NO. 95156P)", 0, label="address", score=0.95),
+                        line("p1-s0001", "NO. 1442, JALAN SK", 22, label="address", score=0.7),
+                        line("p1-s0002", "43300 SELANGOR", 44, label="address", score=0.6)])
+    fill_fields(document, SCHEMA)
+    (address,) = [f for f in document.fields if f.name == "address"]
+    assert address.value == "NO. 1442, JALAN SK 43300 SELANGOR"
+    assert address.confidence == pytest.approx(0.7 * 0.99)
 
 
 def test_a_speck_read_as_a_dot_before_a_text_value_is_not_part_of_it() -> None:

@@ -174,7 +174,9 @@ def _text_value(document: Document, spec: FieldSpec, index: int, probabilities: 
     run = _text_run(document, index, spec.name, probabilities)
     run, words = _without_cut_parentheses(_reading_order(run))
     text = " ".join(" ".join(w.text.split()) for w in words).lstrip(STRAY_LEADING)
-    p = probabilities[index]
+    kept = {s.id for s in run}
+    # the seed is the run's most probable segment; when it was cut off, the value is as sure as what is left
+    p = max(probabilities[k] for k, s in enumerate(document.segments) if s.id in kept)
     return FieldValue(name=spec.name, value=text, raw=text, page=_page_of(document)[run[0].id].number,
                       boxes=[s.bbox for s in run], segments=[s.id for s in run],
                       confidence=round(p * _rec(run), 5), versions=_versions(run, document.model_versions))
