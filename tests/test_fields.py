@@ -201,6 +201,38 @@ def test_a_value_whose_most_probable_piece_was_cut_off_is_as_sure_as_what_is_lef
     assert address.confidence == pytest.approx(0.7 * 0.99)
 
 
+def test_a_registration_number_after_a_company_name_is_not_part_of_it() -> None:
+    """Before: ``MOONLIGHT CAKE HOUSE SDN BHD 862725-U`` on one line came out as the company. The receipt
+    schema's ``trim_words`` drops such a word at either end of the value, never a word inside it."""
+    document = receipt([line("p1-s0000", "MOONLIGHT CAKE HOUSE SDN BHD 862725-U", 0, label="company", score=0.9),
+                        line("p1-s0001", "(1234-A) 99 SPEED MART 2018 S/B", 100, label="address", score=0.9)])
+    fill_fields(document, SCHEMA)
+    values = {f.name: f.value for f in document.fields}
+    assert values["company"] == "MOONLIGHT CAKE HOUSE SDN BHD"
+    assert values["address"] == "(1234-A) 99 SPEED MART 2018 S/B"  # the address has no trim_words
+    lone = receipt([line("p1-s0000", "862725-U", 0, label="company", score=0.9)])
+    fill_fields(lone, SCHEMA)
+    assert [f.value for f in lone.fields if f.name == "company"] == ["862725-U"]  # never cut to nothing
+
+
+def test_trim_words_is_a_checked_regular_expression_for_text_fields(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("kie: {labels: [total, other]}\nfields: {fields: [{name: total, type: amount, trim_words: x}]}\n")
+    with pytest.raises(ConfigError, match="only for type text"):
+        load_config(bad)
+    bad.write_text("kie: {labels: [company, other]}\nfields: {fields: [{name: company, trim_words: '(x'}]}\n")
+    with pytest.raises(ConfigError, match="bad trim_words"):
+        load_config(bad)
+
+
+def test_full_width_punctuation_in_a_text_value_is_normalized_and_kept_raw() -> None:
+    """The base recognizer's alphabet is Chinese: it reads some commas of a Latin address as ``，``."""
+    document = receipt([line("p1-s0000", "16G BLOCK B，ZENITH PARK", 40, label="address", score=0.9)])
+    fill_fields(document, SCHEMA)
+    (address,) = [f for f in document.fields if f.name == "address"]
+    assert (address.value, address.raw) == ("16G BLOCK B,ZENITH PARK", "16G BLOCK B，ZENITH PARK")
+
+
 def test_a_speck_read_as_a_dot_before_a_text_value_is_not_part_of_it() -> None:
     """The recognizer reads a speck before an address as a dot glued to its first word (``.NO.1,``);
     no text value begins with punctuation, but a value's own final comma or dot stays."""

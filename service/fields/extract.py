@@ -17,6 +17,7 @@ field thresholds (``routing``) are then set on held-out documents.
 from __future__ import annotations
 
 import re
+import unicodedata
 from collections.abc import Sequence
 
 import numpy as np
@@ -151,6 +152,20 @@ def _without_cut_parentheses(ordered: list[Segment]) -> tuple[list[Segment], lis
     return kept, (words[:unclosed[0]] if unclosed and unclosed[0] > 0 else words)
 
 
+def _trimmed(words: list[Word], pattern: str | None) -> list[Word]:
+    """``words`` less those at either end that ``pattern`` matches in full (case ignored); never none."""
+    if not pattern:
+        return words
+    def trims(word: Word) -> bool:
+        return re.fullmatch(pattern, unicodedata.normalize("NFKC", word.text), re.IGNORECASE) is not None
+    start, end = 0, len(words)
+    while end - start > 1 and trims(words[end - 1]):
+        end -= 1
+    while end - start > 1 and trims(words[start]):
+        start += 1
+    return words[start:end]
+
+
 def _span_box(segment: Segment, parsed: ParsedValue) -> BBox:
     indices = [i for _, i in words_of_span(segment, parsed.start, parsed.end)]
     if not indices:
@@ -173,11 +188,14 @@ def _typed_value(document: Document, spec: FieldSpec, cfg: FieldsConfig, index: 
 def _text_value(document: Document, spec: FieldSpec, index: int, probabilities: Sequence[float]) -> FieldValue:
     run = _text_run(document, index, spec.name, probabilities)
     run, words = _without_cut_parentheses(_reading_order(run))
-    text = " ".join(" ".join(w.text.split()) for w in words).lstrip(STRAY_LEADING)
+    raw = " ".join(" ".join(w.text.split()) for w in _trimmed(words, spec.trim_words))
     kept = {s.id for s in run}
     # the seed is the run's most probable segment; when it was cut off, the value is as sure as what is left
     p = max(probabilities[k] for k, s in enumerate(document.segments) if s.id in kept)
-    return FieldValue(name=spec.name, value=text, raw=text, page=_page_of(document)[run[0].id].number,
+    # NFKC: the base recognizer's alphabet is Chinese, and it reads some Latin punctuation as full-width (，：（)
+    return FieldValue(name=spec.name, value=unicodedata.normalize("NFKC", raw).lstrip(STRAY_LEADING),
+                      raw=raw.lstrip(STRAY_LEADING),
+                      page=_page_of(document)[run[0].id].number,
                       boxes=[s.bbox for s in run], segments=[s.id for s in run],
                       confidence=round(p * _rec(run), 5), versions=_versions(run, document.model_versions))
 

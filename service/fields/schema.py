@@ -32,6 +32,9 @@ class FieldSpec(_Strict):
     keys: list[str] = []  # the printed keys, for found_by: key (also to choose among repeated values); a key
     # counts where it heads its label: list compound labels (grand total), as TAX TOTAL is not a total
     pattern: str | None = None  # a regular expression, for type: pattern (group 1, or the whole match)
+    # text fields: a word at either end of the value that this regular expression matches in full is not part
+    # of it (a registration number printed after a company name); case is ignored
+    trim_words: str | None = None
     required: bool = True  # a document without it (or below its threshold) goes to review
 
     @model_validator(mode="after")
@@ -45,6 +48,13 @@ class FieldSpec(_Strict):
                 raise ValueError(f"field {self.name!r}: bad pattern {self.pattern!r}: {exc}") from exc
         elif self.pattern is not None:
             raise ValueError(f"field {self.name!r}: pattern is only for type pattern")
+        if self.trim_words is not None:
+            if self.type != "text":
+                raise ValueError(f"field {self.name!r}: trim_words is only for type text")
+            try:
+                re.compile(self.trim_words)
+            except re.error as exc:
+                raise ValueError(f"field {self.name!r}: bad trim_words {self.trim_words!r}: {exc}") from exc
         if self.found_by == "key" and not self.keys:
             raise ValueError(f"field {self.name!r}: found_by key needs keys (the printed names)")
         return self
