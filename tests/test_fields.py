@@ -255,6 +255,22 @@ def test_a_keyed_total_is_the_last_one_printed_with_its_key_not_the_one_before_r
     assert [(t.value, t.segments) for t in totals] == [("8.75", ["p1-s0003"])]
 
 
+def test_a_total_ser_labels_after_the_last_keyed_amount_is_the_last_candidate() -> None:
+    """Before: only keyed amounts could be the last one, so ``TOTAL SALES INCLUSIVE GST 2.99`` (keyed, the
+    sum before rounding) beat ``AMOUNT TO BE PAID 3.00`` under it, a key the schema does not list, which
+    SER labelled total (a holdout receipt). An amount SER labels the field is a candidate for last too."""
+    document = receipt([
+        line("p1-s0000", "TOTAL SALES INCLUSIVE GST", 300), line("p1-s0001", "2.99", 300, x=400),
+        line("p1-s0002", "ROUNDING ADJ", 330), line("p1-s0003", "0.01", 330, x=400),
+        line("p1-s0004", "AMOUNT TO BE PAID", 360), line("p1-s0005", "3.00", 360, x=400),
+        line("p1-s0006", "CASH", 390), line("p1-s0007", "5.00", 390, x=400),
+    ])
+    p_total = [0.0, 0.34, 0.0, 0.01, 0.0, 0.56, 0.0, 0.2]
+    probabilities = np.array([[0, 0, 0, p, 1 - p] for p in p_total])
+    fill_fields(document, SCHEMA, probabilities, RECEIPT.kie.labels)
+    assert [(f.value, f.segments) for f in document.fields if f.name == "total"] == [("3.00", ["p1-s0005"])]
+
+
 def test_a_tax_summary_row_after_the_total_is_not_a_keyed_total() -> None:
     """Before: any amount with a key anywhere to its left on its row counted as keyed, and the last keyed one
     won, so the tax summary printed under the payment (``Total 86.00 5.16``: amount and tax) gave the tax.

@@ -29,7 +29,8 @@ from service.fields.values import ParsedValue, find_values, fold, parse_value, w
 
 MIN_PROBABILITY = 0.05  # a segment less likely than this to be a field is never its value (unless keyed)
 KEY_WEIGHT = 0.5  # what a printed key adds to SER's probability of a keyed field's value (chosen on the holdout)
-LAST_WEIGHT = 1.0  # what being the last keyed value adds (chosen on the holdout)
+LAST_WEIGHT = 1.0  # what being the last keyed or labelled value adds (chosen on the holdout)
+LABELLED = 0.5  # SER gives a segment the field when its probability is at least this (its most likely label)
 # No text value begins with these: a speck the recognizer read as a dot glues to a value's first word
 # (``.NO.1, JALAN``). Trailing ones stay: values are exported with their final comma or dot.
 STRAY_LEADING = ".,;:·' "
@@ -243,9 +244,11 @@ def keyed_choice(document: Document, spec: FieldSpec, cfg: FieldsConfig, probabi
     """The segment holding the field's value by SER's probability and the printed keys together: each
     segment with a value of the field's type scores its SER probability, plus ``key_weight`` when the
     value is printed with one of the field's keys (:func:`printed_with_key`), plus ``last_weight`` for the
-    last such one in reading order (a receipt prints its subtotal, tax and rounding before the total it is
-    paid by). A keyed candidate is never ruled out by a low probability: a printed key is evidence of its
-    own. ``None`` when no segment holds such a value."""
+    last candidate in reading order that is keyed or that SER labels the field (a receipt prints its
+    subtotal, tax and rounding before the total it is paid by, and that one is often printed under a key
+    the schema does not list: ``AMOUNT TO BE PAID 3.00`` after ``TOTAL SALES INCLUSIVE GST 2.99``). A keyed
+    candidate is never ruled out by a low probability: a printed key is evidence of its own. ``None``
+    when no segment holds such a value."""
     key_weight = KEY_WEIGHT if key_weight is None else key_weight
     last_weight = LAST_WEIGHT if last_weight is None else last_weight
     candidates: list[tuple[int, bool]] = []
@@ -256,7 +259,7 @@ def keyed_choice(document: Document, spec: FieldSpec, cfg: FieldsConfig, probabi
         keyed = printed_with_key(document, segment, parsed, spec, cfg)
         if keyed or probabilities[index] >= MIN_PROBABILITY:
             candidates.append((index, keyed))
-    last = max((index for index, keyed in candidates if keyed), default=None)
+    last = max((index for index, keyed in candidates if keyed or probabilities[index] >= LABELLED), default=None)
     scored = [(probabilities[i] + key_weight * keyed + last_weight * (i == last), i) for i, keyed in candidates]
     return max(scored)[1] if scored else None
 
