@@ -10,9 +10,9 @@ by a printed key (``found_by: key``) scores each candidate value by SER's probab
 evidence: a value printed with one of its keys (nothing of its type between the key and it or after it
 on its row: a tax summary's ``Total 86.00 5.16`` is a table row), more for the last such one or the last
 one SER labels the field, whichever comes later (a receipt prints its subtotal, tax and rounding before the
-total it is paid by). A value's confidence is its SER
-probability times the lowest recognition score of its lines: both calibrated per segment, and the
-field thresholds (``routing``) are then set on held-out documents.
+total it is paid by). A value's confidence is its SER probability times the lowest recognition score of its
+lines: both calibrated per segment, and the field thresholds (``routing``) are then set on held-out
+documents.
 """
 
 from __future__ import annotations

@@ -42,22 +42,22 @@ class FieldSpec(_Strict):
         if self.type == "pattern":
             if not self.pattern:
                 raise ValueError(f"field {self.name!r}: type pattern needs a pattern")
-            try:
-                re.compile(self.pattern)
-            except re.error as exc:
-                raise ValueError(f"field {self.name!r}: bad pattern {self.pattern!r}: {exc}") from exc
+            self._check_expression("pattern", self.pattern)
         elif self.pattern is not None:
             raise ValueError(f"field {self.name!r}: pattern is only for type pattern")
         if self.trim_words is not None:
             if self.type != "text":
                 raise ValueError(f"field {self.name!r}: trim_words is only for type text")
-            try:
-                re.compile(self.trim_words)
-            except re.error as exc:
-                raise ValueError(f"field {self.name!r}: bad trim_words {self.trim_words!r}: {exc}") from exc
+            self._check_expression("trim_words", self.trim_words)
         if self.found_by == "key" and not self.keys:
             raise ValueError(f"field {self.name!r}: found_by key needs keys (the printed names)")
         return self
+
+    def _check_expression(self, option: str, expression: str) -> None:
+        try:
+            re.compile(expression)
+        except re.error as exc:
+            raise ValueError(f"field {self.name!r}: bad {option} {expression!r}: {exc}") from exc
 
 
 class FieldsConfig(_Strict):
